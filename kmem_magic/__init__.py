@@ -1,0 +1,41 @@
+"""kmem_magic: GPU memory for Keras in notebooks.
+
+``%load_ext kmem_magic`` applies a memory policy (growth by default, or a hard limit) to every
+Keras backend (tensorflow, jax, torch) that has not started yet; ``%%gpumem`` measures a cell's
+GPU and host memory and shows its peak and what it left behind; ``%gpumem status`` shows what
+is in place. Importing this package is cheap: no framework, NVML, matplotlib or ipywidgets.
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["load_ipython_extension", "unload_ipython_extension", "__version__"]
+
+_LOADED: dict = {}
+
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext kmem_magic``: register the magics and apply the default memory policy."""
+    if id(ipython) in _LOADED:
+        return
+    from ._magics import GpuMem
+
+    magics = GpuMem(shell=ipython)
+    magics.load()  # may raise UsageError on a bad KMEM_LIMIT: then nothing is registered
+    ipython.register_magics(magics)
+    _LOADED[id(ipython)] = magics
+
+
+def unload_ipython_extension(ipython) -> None:
+    """``%unload_ext kmem_magic``: remove the magics, environment variables and import hooks."""
+    magics = _LOADED.pop(id(ipython), None)
+    if magics is None:
+        return
+    magics.unload()
+    manager = ipython.magics_manager
+    for kind in ("line", "cell"):
+        if manager.magics[kind].get("gpumem") == getattr(magics, "gpumem", None):
+            manager.magics[kind].pop("gpumem", None)
+    manager.registry.pop(type(magics).__name__, None)
+    if magics in ipython.configurables:
+        ipython.configurables.remove(magics)

@@ -1,0 +1,281 @@
+"""The ``%gpumem`` line magic and the ``%%gpumem`` cell magic, with their configuration.
+
+Configuration, strongest first: options on the magic line; ``%config GpuMem.limit = "4GiB"`` (or
+``c.GpuMem.limit`` in ``ipython_config.py``); the environment variables ``KMEM_POLICY``
+(``growth`` or ``none``) and ``KMEM_LIMIT`` (``4GiB``, ``60%``), which a workshop can set for
+every kernel before anything imports a framework; then the default, ``growth``.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import os
+from typing import Any, List, Optional
+
+from IPython.core import magic_arguments
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
+
+from .measure import Measurement
+from .policy import MODES, Configurator, Policy
+from .record import CellRecord
+from .units import parse_limit
+
+
+def _size_or_percent(text: str) -> str:
+    """argparse ``type=`` for --limit: accepts ``4GiB``, ``512MiB``, ``60%``."""
+    parse_limit(text)
+    return text
+
+
+_size_or_percent.__name__ = "size (e.g. 4GiB, 512MiB, 60%)"
+
+
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0.001 <= value <= 60:
+        raise ValueError(text)
+    return value
+
+
+_positive_seconds.__name__ = "interval in seconds (0.001 to 60)"
+
+
+@magics_class
+class GpuMem(Magics):
+    """Measure GPU memory of notebook cells and set a memory policy for every Keras backend."""
+
+    policy = Unicode(
+        help="Memory policy when no limit is set: 'growth' (take memory as needed) or 'none' "
+        "(change nothing, only measure). Default: $KMEM_POLICY, else 'growth'."
+    ).tag(config=True)
+    limit = Unicode(
+        help="Hard per-GPU limit such as '4GiB' or '60%'; empty for none. Default: $KMEM_LIMIT."
+    ).tag(config=True)
+    interval = Float(0.1, help="Seconds between two samples while a cell runs.").tag(config=True)
+    history_size = Int(100, help="How many cell records %gpumem keeps.").tag(config=True)
+
+    @default("policy")
+    def _policy_default(self) -> str:
+        return os.environ.get("KMEM_POLICY", "growth")
+
+    @default("limit")
+    def _limit_default(self) -> str:
+        return os.environ.get("KMEM_LIMIT", "")
+
+    @validate("policy")
+    def _check_policy(self, proposal) -> str:
+        value = proposal["value"].strip().lower()
+        if value not in ("growth", "none"):
+            raise TraitError(f"GpuMem.policy must be 'growth' or 'none', not {value!r}")
+        return value
+
+    @validate("limit")
+    def _check_limit(self, proposal) -> str:
+        value = proposal["value"].strip()
+        if value:
+            try:
+                parse_limit(value)
+            except ValueError as error:
+                raise TraitError(f"GpuMem.limit: {error}") from None
+        return value
+
+    @validate("interval")
+    def _check_interval(self, proposal) -> float:
+        if not 0.001 <= proposal["value"] <= 60:
+            raise TraitError("GpuMem.interval must be between 0.001 and 60 seconds")
+        return proposal["value"]
+
+    def __init__(self, shell=None, **kwargs) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.configurator = Configurator()
+        self.history: List[CellRecord] = []
+        self._loaded = False
+
+    # --------------------------------------------------------------------- life cycle
+    def default_policy(self) -> Policy:
+        """The policy from configuration and environment (raises UsageError if it is bad)."""
+        try:
+            return Policy.parse(self.policy, self.limit)
+        except (ValueError, TraitError) as error:
+            raise UsageError(f"kmem_magic: {error}") from None
+
+    def load(self) -> None:
+        """Apply the default policy (called by ``%load_ext kmem_magic``)."""
+        self.configurator.apply(self.default_policy())
+        self._loaded = True
+
+    def unload(self) -> None:
+        """Undo the policy's variables and hooks (called by ``%unload_ext``); idempotent."""
+        self._loaded = False
+        self.configurator.remove()
+
+    @observe("policy", "limit")
+    def _config_changed(self, change) -> None:
+        if self._loaded:
+            self.configurator.apply(self.default_policy())
+
+    # --------------------------------------------------------------------- the magic
+    @magic_arguments.magic_arguments()
+    @magic_arguments.argument(
+        "command", nargs="?", choices=["status"],
+        help="line magic only: 'status' shows the policy, the backends and the devices",
+    )
+    @magic_arguments.argument(
+        "--growth", action="store_true", help="policy: take GPU memory only as needed (default)"
+    )
+    @magic_arguments.argument(
+        "--limit", type=_size_or_percent, metavar="SIZE",
+        help="policy: growth, capped at SIZE per GPU (4GiB, 512MiB, 60%%)",
+    )
+    @magic_arguments.argument(
+        "--no-policy", action="store_true", help="policy: change nothing, only measure"
+    )
+    @magic_arguments.argument(
+        "--interval", type=_positive_seconds, metavar="SECONDS",
+        help="cell magic: seconds between two samples (default: GpuMem.interval)",
+    )
+    @magic_arguments.argument(
+        "--quiet", action="store_true", help="cell magic: print one line instead of the report"
+    )
+    @line_cell_magic
+    def gpumem(self, line: str = "", cell: Optional[str] = None) -> Any:
+        """Set the memory policy (line) or measure the GPU memory of a cell (cell).
+
+        ``%gpumem --limit 4GiB`` applies a policy to every backend not started yet;
+        ``%gpumem status`` shows what is in place. ``%%gpumem`` runs the cell exactly as
+        without it and then shows its peak and what it left behind, per source.
+        """
+        __tracebackhide__ = True  # noqa: F841 - read by IPython's traceback printer
+        args = magic_arguments.parse_argstring(self.gpumem, line)
+        chosen = [flag for flag in (args.growth, args.limit, args.no_policy) if flag]
+        if len(chosen) > 1:
+            raise UsageError("%gpumem: choose one of --growth, --limit SIZE, --no-policy")
+        if cell is not None and args.command:
+            raise UsageError(f"%%gpumem: '{args.command}' is a line magic: use %gpumem {args.command}")
+        if cell is None and (args.interval or args.quiet):
+            raise UsageError("%gpumem: --interval and --quiet apply to the cell magic %%gpumem")
+        # Compile first: a cell with a syntax error changes nothing, not even the policy.
+        code = self._compile(line, cell) if cell is not None else None
+        policy = None
+        if args.limit:
+            policy = Policy("limit", parse_limit(args.limit))
+        elif args.growth or args.no_policy:
+            policy = Policy("growth" if args.growth else "none")
+        if policy is not None:
+            self.configurator.apply(policy)
+        if cell is None:
+            if args.command == "status" or policy is None:
+                print(self.status())
+            return None
+        return self._measure_cell(code, args)
+
+    def _measure_cell(self, code, args) -> Any:
+        __tracebackhide__ = True  # noqa: F841
+        policy = self.configurator.policy or self.default_policy()
+        measurement = Measurement(
+            policy=str(policy),
+            limit=policy.limit,
+            interval_s=args.interval or self.interval,
+            execution_count=getattr(self.shell, "execution_count", None),
+        )
+        measurement.start()
+        error: Optional[BaseException] = None
+        try:
+            return self._run(code)
+        except BaseException as raised:
+            error = raised
+            raise
+        finally:
+            record = measurement.finish(error)
+            self._remember(record)
+            self._show(record, quiet=args.quiet)
+
+    def _compile(self, line: str, cell: str):
+        """Transform and compile the cell like IPython does, splitting off a last expression."""
+        shell = self.shell
+        source = shell.transform_cell(cell)
+        # Cache "%%gpumem ..." plus the body so tracebacks show the user's lines, numbered as
+        # in the notebook cell (the body starts on line 2).
+        filename = shell.compile.cache(f"%%gpumem {line}\n{source}", shell.execution_count)
+        tree = shell.compile.ast_parse(source, filename=filename)
+        ast.increment_lineno(tree, 1)
+        tree = shell.transform_ast(tree)
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = ast.Expression(tree.body.pop().value)
+        body = shell.compile(tree, filename, "exec") if tree.body else None
+        expr = shell.compile(last, filename, "eval") if last is not None else None
+        return body, expr
+
+    def _run(self, code) -> Any:
+        __tracebackhide__ = True  # noqa: F841
+        body, expr = code
+        namespace = self.shell.user_ns
+        if body is not None:
+            exec(body, namespace)
+        if expr is not None:
+            return eval(expr, namespace)
+        return None
+
+    def _remember(self, record: CellRecord) -> None:
+        self.history.append(record)
+        del self.history[: -self.history_size or None]
+
+    def _show(self, record: CellRecord, quiet: bool) -> None:
+        try:
+            if quiet:
+                print(record.one_line())
+                return
+            from IPython.display import display
+
+            from .plot import png
+
+            bundle = {
+                "text/plain": record.summary(),
+                "image/png": base64.b64encode(png(record)).decode("ascii"),
+            }
+            display(bundle, raw=True)
+        except Exception as error:  # showing must never hide the cell's own result or error
+            print(f"kmem_magic: could not show the memory report: {error!r}")
+            print(record.summary())
+
+    # --------------------------------------------------------------------- status
+    def status(self) -> str:
+        """The policy, each backend's state, and the devices, as text."""
+        from . import _nvml
+        from .backends import BACKENDS, keras_backend
+
+        policy = self.configurator.policy
+        lines = [f"kmem_magic policy: {policy if policy else 'not applied'}"]
+        reports = {r.backend: r for r in self.configurator.reports}
+        for backend in BACKENDS:
+            state = ("started" if backend.is_initialized() else
+                     "imported" if backend.is_imported() else
+                     "installed" if backend.is_installed() else "not installed")
+            report = reports.get(backend.name)
+            lines.append(f"  {backend.name:<11} {state:<13} "
+                         f"{report.message if report else ''}".rstrip())
+        lines.append(f"keras backend: {keras_backend() or 'keras not imported'}")
+        devices = _nvml.devices()
+        if not devices:
+            lines.append(f"no GPU: {_nvml.unavailable_reason()}")
+        for device in devices:
+            from .units import format_bytes
+
+            used = _nvml.memory_used(device)
+            mine, why = _nvml.process_used(device)
+            lines.append(
+                f"GPU {device.cuda_index}: {device.name} {device.uuid} "
+                f"used {format_bytes(used)} of {format_bytes(device.total_bytes)}, "
+                f"this process {format_bytes(mine)}" + (f" ({why})" if why else "")
+            )
+        if self.configurator.env.names:
+            lines.append("set by kmem: " + ", ".join(
+                f"{name}={os.environ.get(name)}" for name in self.configurator.env.names))
+        return "\n".join(lines)
+
+
+__all__ = ["GpuMem", "MODES"]

@@ -1,0 +1,94 @@
+"""One small, identical surface per framework Keras can run on: tensorflow, jax, torch.
+
+Every method is safe to call at any time: none imports or starts a framework. Methods that read
+allocator counters answer only for a framework the user's code has already started.
+
+=====================  ======================================================================
+``is_installed()``     the package can be imported (found on the path; nothing is imported)
+``is_imported()``      the user's code imported it
+``is_initialized()``   it has started on the device (from then on its memory settings are fixed)
+``configure(...)``     apply a :class:`~kmem_magic.policy.Policy`, return a one-line report
+``allocator_in_use()`` bytes its allocator has handed out, per CUDA ordinal
+``begin_cell()``       reset (or remember) the allocator's peak counter at a cell's start
+``end_cell(...)``      the cell's allocator peak per CUDA ordinal, and whether it is exact
+``is_oom(exc)``        whether an exception is this framework's out-of-memory error
+=====================  ======================================================================
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any, Dict, List, Optional
+
+from ..record import Peak
+
+
+class Backend:
+    """Shared plumbing; subclasses fill in the framework-specific calls."""
+
+    name = ""
+    package = ""
+
+    def is_installed(self) -> bool:
+        if self.package in sys.modules:
+            return True
+        try:
+            return importlib.util.find_spec(self.package) is not None
+        except (ImportError, ValueError):
+            return False
+
+    def is_imported(self) -> bool:
+        return self.package in sys.modules
+
+    def is_initialized(self) -> bool:
+        raise NotImplementedError
+
+    def configure(self, policy, configurator, devices) -> Any:
+        raise NotImplementedError
+
+    def allocator_in_use(self) -> Dict[int, int]:
+        return {}
+
+    def begin_cell(self) -> Any:
+        return None
+
+    def end_cell(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
+        return {}
+
+    def is_oom(self, error: BaseException) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"<kmem backend {self.name}>"
+
+
+def _all() -> List[Backend]:
+    from .jax import Jax
+    from .tensorflow import TensorFlow
+    from .torch import Torch
+
+    return [TensorFlow(), Jax(), Torch()]
+
+
+BACKENDS: List[Backend] = _all()
+
+
+def started() -> List[Backend]:
+    """The backends whose framework has started on a device, in a fixed order."""
+    return [backend for backend in BACKENDS if backend.is_initialized()]
+
+
+def keras_backend() -> Optional[str]:
+    """The backend Keras runs on, if the user imported Keras (Keras reads it once, at import)."""
+    keras = sys.modules.get("keras")
+    if keras is None:
+        return None
+    try:
+        return keras.config.backend()
+    except Exception:
+        return None
+
+
+def by_name(name: str) -> Optional[Backend]:
+    return next((backend for backend in BACKENDS if backend.name == name), None)

@@ -1,0 +1,149 @@
+"""TensorFlow: memory growth or a logical-device memory limit, and the allocator's counters.
+
+TensorFlow's GPU settings are fixed when its runtime starts (the first op, tensor, or
+``tf.config.list_logical_devices``), and by default it then maps nearly all GPU memory.
+``TF_FORCE_GPU_ALLOW_GROWTH`` is read when the GPU allocator is created, so setting it before
+the runtime starts is enough for growth. A memory limit exists only as an API call
+(``set_logical_device_configuration``), made here right after the user's ``import tensorflow``.
+
+``get_memory_info`` and ``reset_memory_stats`` start the runtime themselves: they are only called
+once :meth:`TensorFlow.is_initialized` says the user's code has started it.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Dict, List
+
+from ..policy import Report, too_late
+from ..record import Peak
+from ..units import MiB
+from . import Backend
+
+GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
+
+
+class TensorFlow(Backend):
+    name = "tensorflow"
+    package = "tensorflow"
+
+    def is_initialized(self) -> bool:
+        if "tensorflow" not in sys.modules:
+            return False
+        try:
+            from tensorflow.python.eager import context
+        except ImportError:
+            return False
+        ctx = context.context_safe()
+        return ctx is not None and getattr(ctx, "_context_handle", None) is not None
+
+    def _gpus(self) -> List[Any]:
+        import tensorflow as tf
+
+        return tf.config.list_physical_devices("GPU")  # does not start the runtime
+
+    def configure(self, policy, configurator, devices) -> Report:
+        if not self.is_installed():
+            return Report(self.name, "not-installed", "not installed")
+        if policy.mode == "none":
+            return Report(self.name, "nothing", "left as it is (measure only)")
+        if self.is_initialized():
+            return self._too_late(policy)
+        set_by_kmem, env_text = configurator.env.offer(GROWTH_ENV, "true")
+        if self.is_imported():
+            self._set_growth(configurator)
+        if policy.mode == "growth":
+            status = "applied" if set_by_kmem else "kept"
+            return Report(self.name, status, f"memory growth on every GPU ({env_text})")
+        limits = [policy.limit.bytes_of(d.total_bytes) for d in devices] or [policy.limit.bytes]
+        if any(limit is None for limit in limits):
+            return Report(self.name, "kept", f"growth only ({env_text}): a {policy.limit} limit "
+                          "needs each GPU's total, and NVML cannot tell it")
+        configurator.hooks.add("tensorflow", lambda tf: self._set_limits(limits))
+        when = "now" if self.is_imported() else "when TensorFlow is imported"
+        return Report(self.name, "applied", f"memory growth ({env_text}), capped at "
+                      f"{policy.limit} per GPU (logical device memory_limit, set {when})")
+
+    def _set_growth(self, configurator) -> None:
+        # Once imported, setting the variable is still enough; the API call makes the choice
+        # visible to tf.config.experimental.get_memory_growth too.
+        if configurator.env.is_users(GROWTH_ENV):
+            return
+        import tensorflow as tf
+
+        for gpu in self._gpus():
+            try:
+                tf.config.experimental.set_memory_growth(gpu, True)
+            except (ValueError, RuntimeError):
+                pass  # a logical-device limit was set: it takes precedence, growth stays by env
+
+    def _set_limits(self, limits: List[int]) -> None:
+        import tensorflow as tf
+
+        for gpu, limit in zip(self._gpus(), limits * len(self._gpus())):
+            config = tf.config.LogicalDeviceConfiguration(memory_limit=max(1, limit // MiB))
+            tf.config.set_logical_device_configuration(gpu, [config])
+
+    def _too_late(self, policy) -> Report:
+        import tensorflow as tf
+
+        gpus = self._gpus()
+        if not gpus:
+            return Report(self.name, "nothing", "already started, on the CPU only: nothing to set")
+        if policy.mode == "growth" and all(
+            tf.config.experimental.get_memory_growth(gpu) for gpu in gpus
+        ):
+            return Report(self.name, "kept", "already started, with memory growth on")
+        what = "memory growth" if policy.mode == "growth" else f"a {policy.limit} limit"
+        return Report(self.name, "too-late", too_late("tensorflow", what, f"{GROWTH_ENV}=true"))
+
+    # ------------------------------------------------------------------ allocator counters
+    def _names(self) -> List[str]:
+        import tensorflow as tf
+
+        return [d.name.split("device:")[-1] for d in tf.config.list_logical_devices("GPU")]
+
+    def allocator_in_use(self) -> Dict[int, int]:
+        if not self.is_initialized():
+            return {}
+        import tensorflow as tf
+
+        found = {}
+        for index, name in enumerate(self._names()):
+            try:
+                found[index] = int(tf.config.experimental.get_memory_info(name)["current"])
+            except (ValueError, RuntimeError, tf.errors.OpError):
+                pass  # e.g. cuda_malloc_async without statistics
+        return found
+
+    def begin_cell(self) -> Any:
+        if not self.is_initialized():
+            return {"started": False}
+        import tensorflow as tf
+
+        for name in self._names():
+            try:
+                tf.config.experimental.reset_memory_stats(name)
+            except (ValueError, RuntimeError, tf.errors.OpError):
+                pass
+        return {"started": True}
+
+    def end_cell(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
+        if not self.is_initialized():
+            return {}
+        import tensorflow as tf
+
+        note = "reset at cell start" if state and state["started"] else "started in this cell"
+        peaks = {}
+        for index, name in enumerate(self._names()):
+            try:
+                peak = int(tf.config.experimental.get_memory_info(name)["peak"])
+            except (ValueError, RuntimeError, tf.errors.OpError):
+                continue
+            peaks[index] = Peak(peak, True, note)
+        return peaks
+
+    def is_oom(self, error: BaseException) -> bool:
+        tf = sys.modules.get("tensorflow")
+        errors = getattr(tf, "errors", None)
+        return errors is not None and isinstance(error, errors.ResourceExhaustedError)

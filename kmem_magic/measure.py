@@ -1,0 +1,164 @@
+"""Measure one stretch of code (a cell) and turn what was seen into a :class:`CellRecord`.
+
+>>> m = Measurement(policy="growth").start()
+>>> data = bytearray(50 * 2**20)
+>>> record = m.finish()
+>>> record.peak("host").bytes > 0
+True
+
+At the start it takes a snapshot of every source, resets the allocators' peak counters (and the
+kernel's high-water mark of host RSS, where Linux allows), and starts the :class:`Sampler`. At the
+end it stops the sampler, takes a second snapshot, and reads the peak counters: those give the
+exact peak of the cell even when a spike lasted a millisecond.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from typing import Callable, Dict, Optional
+
+from . import _nvml, backends
+from .record import CellRecord, DeviceInfo, Figures, Peak, Timeline
+from .sampler import Sampler, host_rss
+from .units import KiB, Limit
+
+
+class Measurement:
+    """One measured stretch: :meth:`start`, run the code, :meth:`finish` (always, in finally)."""
+
+    def __init__(
+        self,
+        policy: str = "growth",
+        limit: Optional[Limit] = None,
+        interval_s: float = 0.1,
+        execution_count: Optional[int] = None,
+        on_sample: Optional[Callable[[Timeline], None]] = None,
+    ) -> None:
+        self.policy = policy
+        self.limit = limit
+        self.interval_s = interval_s
+        self.execution_count = execution_count
+        self.on_sample = on_sample
+        self.sampler: Optional[Sampler] = None
+
+    def start(self) -> "Measurement":
+        self.devices = _nvml.devices()
+        self.gpu_note = _nvml.unavailable_reason()
+        self.started_at = datetime.datetime.now().isoformat(timespec="seconds")
+        self._before = _snapshot(self.devices)
+        self._states = {b.name: b.begin_cell() for b in backends.BACKENDS}
+        self._host_peak_exact = _reset_host_peak()
+        self._t0 = time.perf_counter()
+        self.sampler = Sampler(
+            self.devices, backends.BACKENDS, self.interval_s, on_sample=self.on_sample
+        ).start()
+        return self
+
+    def finish(self, error: Optional[BaseException] = None) -> CellRecord:
+        """Stop sampling and build the record; ``error`` is what the code raised, if anything."""
+        timeline = self.sampler.stop()
+        wall_s = time.perf_counter() - self._t0
+        after = _snapshot(self.devices)
+        started = backends.started()
+        gpu: Dict[int, Figures] = {}
+        for device in self.devices:
+            i = device.cuda_index
+            figures = Figures(before=dict(self._before[i]), after=dict(after[i]))
+            for source in ("device", "process"):
+                figures.peak[source] = _sampled_peak(timeline, source, i, figures, self.interval_s)
+            gpu[i] = figures
+        for backend in started:
+            sampled = {
+                i: series.max() or 0
+                for i in gpu
+                for series in [timeline.find(backend.name, i)]
+                if series is not None
+            }
+            for i, peak in backend.end_cell(self._states[backend.name], sampled).items():
+                if i in gpu:
+                    # A framework that started during the cell held nothing before it.
+                    gpu[i].before.setdefault(backend.name, 0)
+                    gpu[i].peak[backend.name] = peak
+        host = Figures(before={"host": self._before["host"]}, after={"host": after["host"]})
+        host_peak = _host_peak() if self._host_peak_exact else None
+        host.peak["host"] = (
+            Peak(host_peak, True, "kernel high-water mark")
+            if host_peak is not None
+            else _sampled_peak(timeline, "host", None, host, self.interval_s)
+        )
+        return CellRecord(
+            execution_count=self.execution_count,
+            started_at=self.started_at,
+            wall_s=wall_s,
+            backend=backends.keras_backend(),
+            policy=self.policy,
+            interval_s=self.interval_s,
+            devices=[
+                DeviceInfo(d.cuda_index, d.name, d.uuid, d.total_bytes,
+                           self.limit.bytes_of(d.total_bytes) if self.limit else None)
+                for d in self.devices
+            ],
+            gpu=gpu,
+            host=host,
+            timeline=timeline,
+            frameworks=[b.name for b in started],
+            gpu_note=self.gpu_note,
+            process_note=self.sampler.process_note,
+            error=None if error is None else type(error).__name__,
+            error_kind=_error_kind(error),
+        )
+
+
+def _snapshot(devices) -> Dict:
+    """Every source, now: ``{cuda_index: {source: bytes}, "host": bytes}``."""
+    shot: Dict = {d.cuda_index: {} for d in devices}
+    for device in devices:
+        shot[device.cuda_index]["device"] = _nvml.memory_used(device)
+        shot[device.cuda_index]["process"] = _nvml.process_used(device)[0]
+    for backend in backends.started():
+        for index, used in backend.allocator_in_use().items():
+            if index in shot:
+                shot[index][backend.name] = used
+    shot["host"] = host_rss()
+    return shot
+
+
+def _sampled_peak(timeline: Timeline, source: str, device, figures: Figures, interval_s) -> Peak:
+    series = timeline.find(source, device)
+    values = [figures.before.get(source), figures.after.get(source)]
+    values.append(series.max() if series is not None else None)
+    known = [v for v in values if v is not None]
+    return Peak(max(known) if known else None, False, f"every {interval_s:g} s")
+
+
+def _reset_host_peak() -> bool:
+    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0); True if done."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        return False
+    return _host_peak() is not None
+
+
+def _host_peak() -> Optional[int]:
+    try:
+        with open(f"/proc/{os.getpid()}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _error_kind(error: Optional[BaseException]) -> Optional[str]:
+    if error is None:
+        return None
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupt"
+    if any(backend.is_oom(error) for backend in backends.BACKENDS):
+        return "oom"
+    return "exception"

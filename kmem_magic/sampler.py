@@ -1,0 +1,147 @@
+"""A background thread that records memory numbers into a :class:`~kmem_magic.record.Timeline`.
+
+It only records: it never prints or displays, and it is stopped and joined by whoever started
+it (``%%gpumem`` does so in ``finally``). Each tick reads NVML's device memory (~10 us), the
+allocator counters of frameworks already started (tens of us), and host RSS; the per-process
+table, which costs milliseconds in the driver, is read at most once a second. At the default
+10 Hz that is well under 0.1 % of a core, and the thread sleeps in ``Event.wait`` in between.
+
+Exact peaks do not depend on this rate: they come from the allocators' own peak counters, read
+at the cell's edges (see :mod:`kmem_magic.measure`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from typing import Callable, List, Optional, Sequence
+
+import psutil
+
+from . import _nvml
+from .record import Timeline
+
+THREAD_NAME = "kmem-sampler"
+MAX_POINTS = 20_000
+
+
+def host_rss() -> int:
+    """This process's resident set size in bytes."""
+    return int(psutil.Process().memory_info().rss)
+
+
+class Sampler:
+    """Samples every ``interval_s`` seconds until :meth:`stop`; use as a context manager or
+    call :meth:`start` / :meth:`stop` (idempotent). ``on_sample(timeline)``, if given, runs in
+    the thread after each tick: it may set widget traits, never display."""
+
+    def __init__(
+        self,
+        devices: Sequence[_nvml.Device],
+        backends: Sequence = (),
+        interval_s: float = 0.1,
+        process_interval_s: float = 1.0,
+        on_sample: Optional[Callable[[Timeline], None]] = None,
+    ) -> None:
+        if interval_s <= 0:
+            raise ValueError(f"interval_s must be positive, not {interval_s}")
+        self.devices = list(devices)
+        self.backends = list(backends)
+        self.interval_s = interval_s
+        self.process_interval_s = process_interval_s
+        self.on_sample = on_sample
+        self.timeline = Timeline()
+        self.errors: List[str] = []
+        self.process_note: Optional[str] = None
+        self._t0 = 0.0
+        self._next_process = 0.0
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._process = psutil.Process()
+
+    @property
+    def t0(self) -> float:
+        """``time.perf_counter()`` at :meth:`start`; sample times count from here."""
+        return self._t0
+
+    def start(self) -> "Sampler":
+        """Take the first sample now, then keep sampling in the ``kmem-sampler`` thread."""
+        if self._thread is not None:
+            return self
+        self._t0 = time.perf_counter()
+        self.sample()
+        self._thread = threading.Thread(
+            target=self._run, args=(self._stop,), name=THREAD_NAME, daemon=True
+        )
+        # Should the owner vanish without stop(), the thread still ends: the finalizer holds
+        # the event, not the sampler.
+        weakref.finalize(self, self._stop.set)
+        self._thread.start()
+        return self
+
+    def stop(self) -> Timeline:
+        """Stop and join the thread, take a last sample, and return the timeline."""
+        self._stop.set()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join(timeout=10)
+            self.sample(force_processes=True)
+        return self.timeline
+
+    def __enter__(self) -> "Sampler":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def _run(self, stop: threading.Event) -> None:
+        interval = self.interval_s
+        while not stop.wait(interval):
+            self.sample()
+            if self.on_sample is not None:
+                try:
+                    self.on_sample(self.timeline)
+                except Exception as error:  # a display problem must not stop the recording
+                    self._note(f"on_sample: {error!r}")
+            if len(self.timeline.get("host").t_s) > MAX_POINTS:
+                self._thin()
+                interval *= 2
+
+    def sample(self, force_processes: bool = False) -> None:
+        """Record one sample of every source (called by the thread; callable directly)."""
+        t = time.perf_counter() - self._t0
+        timeline = self.timeline
+        try:
+            for device in self.devices:
+                timeline.get("device", device.cuda_index).append(t, _nvml.memory_used(device))
+            if force_processes or t >= self._next_process:
+                self._next_process = t + self.process_interval_s
+                for device in self.devices:
+                    used, why = _nvml.process_used(device)
+                    self.process_note = why or self.process_note
+                    timeline.get("process", device.cuda_index).append(t, used)
+            for backend in self.backends:
+                for index, used in backend.allocator_in_use().items():
+                    timeline.get(backend.name, index).append(t, used)
+            timeline.get("host").append(t, int(self._process.memory_info().rss))
+        except Exception as error:  # record what went wrong; never raise into the thread
+            self._note(repr(error))
+
+    def _note(self, text: str) -> None:
+        if len(self.errors) < 10:
+            self.errors.append(text)
+
+    def _thin(self) -> None:
+        """Halve every series, keeping the larger of each pair, so peaks survive."""
+        for series in self.timeline.series.values():
+            t, v = series.t_s, series.values
+            pairs = range(0, len(t) - 1, 2)
+            series.t_s = [t[i] for i in pairs] + t[len(t) - len(t) % 2:]
+            series.values = [_larger(v[i], v[i + 1]) for i in pairs] + v[len(v) - len(v) % 2:]
+
+
+def _larger(a: Optional[int], b: Optional[int]) -> Optional[int]:
+    if a is None:
+        return b
+    return a if b is None else max(a, b)

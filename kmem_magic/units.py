@@ -1,0 +1,105 @@
+"""Sizes: parse what a user types (``4GiB``, ``512MiB``, ``60%``) and print bytes for people.
+
+>>> parse_limit("4GiB")
+Limit(bytes=4294967296, fraction=None)
+>>> parse_limit("60%").fraction
+0.6
+>>> format_bytes(1536 * MiB)
+'1.50 GiB'
+>>> format_bytes(None)
+'unknown'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Optional
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": KiB, "kib": KiB, "kb": 1000,
+    "m": MiB, "mib": MiB, "mb": 1000**2,
+    "g": GiB, "gib": GiB, "gb": 1000**3,
+    "t": TiB, "tib": TiB, "tb": 1000**4,
+}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
+_PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A memory limit: either an absolute number of bytes or a fraction of each device's total."""
+
+    bytes: Optional[int] = None
+    fraction: Optional[float] = None
+
+    def bytes_of(self, total_bytes: Optional[int]) -> Optional[int]:
+        """The limit in bytes on a device of ``total_bytes`` (None when that is unknown)."""
+        if self.bytes is not None:
+            return self.bytes
+        if total_bytes is None:
+            return None
+        return int(self.fraction * total_bytes)
+
+    def fraction_of(self, total_bytes: Optional[int]) -> Optional[float]:
+        """The limit as a fraction of ``total_bytes``, capped at 1 (None when unknown)."""
+        if self.fraction is not None:
+            return self.fraction
+        if not total_bytes:
+            return None
+        return min(1.0, self.bytes / total_bytes)
+
+    def __str__(self) -> str:
+        if self.fraction is not None:
+            return f"{self.fraction * 100:g}%"
+        return format_bytes(self.bytes)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``text``: a number with an optional unit (``4GiB``, ``512M``, ``1.5GB``, ``1024``).
+
+    Binary units (KiB, MiB, GiB, TiB and the bare letters K, M, G, T) count in powers of 1024,
+    decimal ones (KB, MB, GB, TB) in powers of 1000. Raises ``ValueError`` with a readable message.
+    """
+    match = _SIZE.match(str(text))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _UNITS:
+        raise ValueError(f"not a size: {text!r} (use e.g. 4GiB, 512MiB or 60%)")
+    value = float(match.group(1)) * _UNITS[unit]
+    if value < 1:
+        raise ValueError(f"a size must be at least 1 byte: {text!r}")
+    return int(value)
+
+
+def parse_limit(text: str) -> Limit:
+    """A :class:`Limit` from ``4GiB`` (bytes) or ``60%`` (share of each GPU's total memory)."""
+    match = _PERCENT.match(str(text))
+    if match:
+        percent = float(match.group(1))
+        if not 0 < percent <= 100:
+            raise ValueError(f"a percentage limit must be above 0 and at most 100: {text!r}")
+        return Limit(fraction=percent / 100)
+    return Limit(bytes=parse_size(text))
+
+
+def format_bytes(value: Optional[float], signed: bool = False) -> str:
+    """``value`` bytes for people (``1.50 GiB``); None prints as ``unknown``, never as 0."""
+    if value is None:
+        return "unknown"
+    sign = ""
+    if signed:
+        sign = "+" if value > 0 else ("-" if value < 0 else "±")
+        value = abs(value)
+    elif value < 0:
+        sign, value = "-", -value
+    for unit, size in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if value >= size:
+            return f"{sign}{value / size:.2f} {unit}"
+    return f"{sign}{int(value)} B"
