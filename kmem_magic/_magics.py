@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import ast
 import base64
+import io
 import os
+import tokenize
 from typing import Any, List, Optional
 
 from IPython.core import magic_arguments
@@ -41,6 +43,17 @@ def _positive_seconds(text: str) -> float:
 
 
 _positive_seconds.__name__ = "interval in seconds (0.001 to 60)"
+
+
+def _ends_with_semicolon(source: str) -> bool:
+    """Whether the code's last token is ``;``, which silences a cell's value in IPython."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    skip = (tokenize.ENDMARKER, tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT)
+    last = next((token for token in reversed(tokens) if token.type not in skip), None)
+    return last is not None and last.type == tokenize.OP and last.string == ";"
 
 
 @magics_class
@@ -100,7 +113,10 @@ class GpuMem(Magics):
         try:
             return Policy.parse(self.policy, self.limit)
         except (ValueError, TraitError) as error:
-            raise UsageError(f"kmem_magic: {error}") from None
+            where = [f"${name}={os.environ[name]!r}" for name in ("KMEM_POLICY", "KMEM_LIMIT")
+                     if name in os.environ]
+            source = f" (environment: {', '.join(where)})" if where else ""
+            raise UsageError(f"kmem_magic: {error}{source}") from None
 
     def load(self) -> None:
         """Apply the default policy (called by ``%load_ext kmem_magic``)."""
@@ -179,7 +195,7 @@ class GpuMem(Magics):
             policy=str(policy),
             limit=policy.limit,
             interval_s=args.interval or self.interval,
-            execution_count=getattr(self.shell, "execution_count", None),
+            execution_count=self._cell_number(),
         )
         measurement.start()
         error: Optional[BaseException] = None
@@ -193,6 +209,12 @@ class GpuMem(Magics):
             self._remember(record)
             self._show(record, quiet=args.quiet)
 
+    def _cell_number(self) -> Optional[int]:
+        """The In[] number of the running cell (IPython 7 and 9 count at different moments)."""
+        running = getattr(self.shell.displayhook, "exec_result", None)
+        number = getattr(running, "execution_count", None)
+        return number if number is not None else getattr(self.shell, "execution_count", None)
+
     def _compile(self, line: str, cell: str):
         """Transform and compile the cell like IPython does, splitting off a last expression."""
         shell = self.shell
@@ -200,11 +222,10 @@ class GpuMem(Magics):
         # Cache "%%gpumem ..." plus the body so tracebacks show the user's lines, numbered as
         # in the notebook cell (the body starts on line 2).
         filename = shell.compile.cache(f"%%gpumem {line}\n{source}", shell.execution_count)
-        tree = shell.compile.ast_parse(source, filename=filename)
-        ast.increment_lineno(tree, 1)
+        tree = shell.compile.ast_parse("\n" + source, filename=filename)
         tree = shell.transform_ast(tree)
         last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not _ends_with_semicolon(source):
             last = ast.Expression(tree.body.pop().value)
         body = shell.compile(tree, filename, "exec") if tree.body else None
         expr = shell.compile(last, filename, "eval") if last is not None else None

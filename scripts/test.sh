@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: installs what they need (once) into .venv (newest IPython, TensorFlow on the
+# CPU, JAX, PyTorch CPU) and .venv-ipython7 (Colab's IPython 7.34 and ipykernel 6.17.1), then
+# runs the whole suite in the first and the core tests in the second. GPU tests skip here; run
+# them on a GPU machine with: KERAS_BACKEND=jax python -m pytest -m gpu tests
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/_venv.sh
+export PIP_DISABLE_PIP_VERSION_CHECK=1 TF_CPP_MIN_LOG_LEVEL=2
+
+echo "== newest IPython, with TensorFlow, JAX and PyTorch on the CPU"
+make_venv .venv -e ".[test,cpu]" jax "torch==2.13.0"
+.venv/bin/python -m pytest "$@"
+
+echo "== Colab's IPython 7.34 and ipykernel 6.17.1: the core tests"
+make_venv .venv-ipython7 -e ".[test]" "ipython==7.34.0" "ipykernel==6.17.1" jax
+.venv-ipython7/bin/python -m pytest -m "not tensorflow" \
+  tests/test_magic.py tests/test_policy.py tests/test_nvml.py tests/test_units.py tests/test_notebook.py "$@"

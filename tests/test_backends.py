@@ -1,0 +1,114 @@
+"""Each Keras backend for real, each in a fresh process (Keras reads its backend once).
+
+Invariant 1: kmem never starts a framework itself. Then a real ``model.fit`` under ``%%gpumem``
+on every backend that is installed (on the CPU here; the same tests run on the GPU machine).
+"""
+
+import pytest
+
+BACKENDS = ["tensorflow", "jax", "torch"]
+
+# How each framework tells, without starting anything, that it has started.
+STARTED = {
+    "tensorflow": "from tensorflow.python.eager import context\n"
+                  "ctx = context.context_safe()\n"
+                  "started = ctx is not None and ctx._context_handle is not None",
+    "jax": "from jax._src import xla_bridge\nstarted = xla_bridge.backends_are_initialized()",
+    "torch": "started = torch.cuda.is_initialized() or bool(lazy_inits)",
+}
+
+# A spy at torch's boundary: on a CPU-only build CUDA can never start, so the test also
+# fails if kmem so much as asked torch to start it.
+TORCH_SPY = """
+lazy_inits = []
+real_lazy_init = torch.cuda._lazy_init
+def spy():
+    lazy_inits.append(1)
+    return real_lazy_init()
+torch.cuda._lazy_init = spy
+"""
+
+
+@pytest.mark.parametrize("framework", BACKENDS)
+def test_kmem_never_starts_a_framework(fresh, framework):
+    pytest.importorskip(framework)
+    result = fresh("\n".join([
+        f"import {framework}",
+        f"torch = {framework}",
+        TORCH_SPY if framework == "torch" else "",
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        'r = cell("%%gpumem\\ntotal = sum(range(1000))\\ntotal")',
+        'RESULT["value"] = r.result',
+        'ip.run_line_magic("gpumem", "status")',
+        'cell("%%gpumem --limit 1GiB\\nx = 2")',
+        STARTED[framework],
+        'RESULT["started"] = bool(started)',
+    ]))
+    assert result["value"] == 499500
+    assert result["started"] is False, f"kmem started {framework}:\n{result['_stdout']}"
+    assert f"{framework:<11} imported" in result["_stdout"]
+
+
+@pytest.mark.parametrize("framework", BACKENDS)
+def test_keras_fit_under_gpumem(fresh, framework):
+    pytest.importorskip(framework)
+    pytest.importorskip("keras")
+    result = fresh("""
+        ip.run_line_magic("load_ext", "kmem_magic")
+        cell('''
+        import numpy as np, keras
+        x = np.random.rand(512, 32).astype("float32")
+        y = np.random.randint(0, 4, 512)
+        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
+                                  keras.layers.Dense(4)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        ''')
+        r = cell('''%%gpumem
+        history = model.fit(x, y, batch_size=64, epochs=2, verbose=0)
+        len(history.history["loss"])
+        ''')
+        RESULT["epochs"] = r.result
+        RESULT["ok"] = r.success
+        record = ip.magics_manager.registry["GpuMem"].history[-1]
+        RESULT["backend"] = record.backend
+        RESULT["host_peak"] = record.peak("host").bytes
+        RESULT["wall_s"] = record.wall_s
+        RESULT["csv_rows"] = len(record.to_csv().splitlines())
+    """, env={"KERAS_BACKEND": framework})
+    assert result["ok"] and result["epochs"] == 2
+    assert result["backend"] == framework
+    assert result["host_peak"] > 50 * 2**20
+    assert result["csv_rows"] >= 3, "at least the start and the end sample, plus a header"
+    assert f"keras backend {framework}" in result["_stdout"]
+
+
+@pytest.mark.tensorflow
+def test_tensorflow_started_before_load_is_reported(fresh):
+    pytest.importorskip("tensorflow")
+    result = fresh("""
+        import tensorflow as tf
+        tf.constant(1.0)
+        ip.run_line_magic("load_ext", "kmem_magic")
+    """)
+    # No GPU here, so nothing is lost; the line still says what state TensorFlow is in.
+    assert "tensorflow  already started, on the CPU only" in result["_stdout"]
+
+
+def test_error_in_a_keras_cell_fails_it_and_the_next_cell_runs(fresh):
+    pytest.importorskip("keras")
+    result = fresh("""
+        ip.run_line_magic("load_ext", "kmem_magic")
+        r = cell("%%gpumem\\nimport keras\\nkeras.layers.Dense(4)(keras.ops.ones((2, 3, 4, 5, 6, 7)))[9]")
+        RESULT["failed"] = not r.success
+        RESULT["error"] = type(r.error_in_exec).__name__
+        r = cell("%%gpumem --quiet\\n1 + 1")
+        RESULT["next"] = r.result
+    """, env={"KERAS_BACKEND": "jax"} if _has("jax") else {})
+    assert result["failed"] and result["error"] != "NoneType"
+    assert result["next"] == 2
+
+
+def _has(module):
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

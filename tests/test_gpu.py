@@ -1,0 +1,139 @@
+"""On a real GPU, with Keras on the backend named by ``KERAS_BACKEND`` (jax or torch).
+
+Run on the GPU machine: ``KERAS_BACKEND=jax python3 -m pytest -m gpu tests`` and again with
+``KERAS_BACKEND=torch``. Every test runs in a fresh process, because a framework can start only
+once per process and the policy must come before it.
+"""
+
+import os
+
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+BACKEND = os.environ.get("KERAS_BACKEND", "jax")
+GiB = 2**30
+
+START = {  # the user's own first use of the framework on the GPU
+    "jax": "import jax.numpy as jnp\njnp.ones(1).block_until_ready()",
+    "torch": "import torch\ntorch.ones(1, device='cuda')",
+}
+SPIKE = {  # 4 GiB that live for about a millisecond
+    "jax": "x = jnp.zeros((GiB // 4,), jnp.float32)\nx.block_until_ready()\ndel x",
+    "torch": "x = torch.empty(GiB // 4, dtype=torch.float32, device='cuda')\n"
+             "torch.cuda.synchronize()\ndel x",
+}
+TOO_BIG = {  # 3 GiB at once, above a 2 GiB limit
+    "jax": "big = jnp.ones((3 * GiB // 4,), jnp.float32)\nbig.block_until_ready()",
+    "torch": "big = torch.ones(3 * GiB // 4, dtype=torch.float32, device='cuda')",
+}
+STARTED = {
+    "jax": "from jax._src import xla_bridge\nstarted = xla_bridge.backends_are_initialized()",
+    "torch": "import torch\nstarted = torch.cuda.is_initialized()",
+}
+
+FIT = """
+import numpy as np, keras
+x = np.random.rand(8192, 256).astype("float32")
+y = np.random.randint(0, 10, 8192)
+model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1024, activation="relu"),
+                          keras.layers.Dense(1024, activation="relu"), keras.layers.Dense(10)])
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+"""
+
+
+@pytest.fixture(autouse=True)
+def _backend_is_on_the_gpu():
+    if BACKEND not in START:
+        pytest.skip(f"GPU tests run with KERAS_BACKEND=jax or torch, not {BACKEND}")
+
+
+def record_fields():
+    return """
+record = ip.magics_manager.registry["GpuMem"].history[-1]
+RESULT["alloc_peak"] = record.peak(BACKEND_NAME, 0).bytes
+RESULT["alloc_exact"] = record.peak(BACKEND_NAME, 0).exact
+RESULT["alloc_note"] = record.peak(BACKEND_NAME, 0).note
+RESULT["process_after"] = record.gpu[0].after.get("process")
+RESULT["device_peak"] = record.peak("device", 0).bytes
+RESULT["error_kind"] = record.error_kind
+RESULT["summary"] = record.summary()
+"""
+
+
+def script(*parts):
+    head = f"GiB = 2**30\nBACKEND_NAME = {BACKEND!r}\n"
+    return head + "\n".join(parts)
+
+
+def test_loading_and_measuring_never_start_the_framework(fresh):
+    result = fresh(script(
+        f"import {BACKEND}",
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        'r = cell("%%gpumem\\ns = sum(range(10))\\ns")',
+        'RESULT["value"] = r.result',
+        'ip.run_line_magic("gpumem", "status")',
+        "from kmem_magic import _nvml",
+        'RESULT["held"] = _nvml.process_used(_nvml.devices()[0])[0]',
+        STARTED[BACKEND],
+        'RESULT["started"] = bool(started)',
+    ))
+    assert result["value"] == 45
+    assert result["started"] is False
+    assert result["held"] == 0, "no CUDA context: this process holds nothing on the GPU"
+
+
+def test_fit_under_default_policy_holds_little_and_peak_is_exact(fresh):
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        f"cell({FIT!r})",
+        'r = cell("%%gpumem\\nmodel.fit(x, y, batch_size=256, epochs=2, verbose=0)\\nNone")',
+        'RESULT["ok"] = r.success',
+        record_fields(),
+    ), env={"KERAS_BACKEND": BACKEND})
+    print(result["summary"])
+    assert result["ok"]
+    assert result["alloc_exact"] and result["alloc_peak"] > 10 * 2**20
+    # Without a policy jax would hold 75 % of the card (about 60 GiB on an H100).
+    assert result["process_after"] is not None and result["process_after"] < 4 * GiB
+    assert result["device_peak"] >= result["process_after"]
+    assert f"{BACKEND} allocator" in result["summary"]
+
+
+def test_a_one_millisecond_4_gib_spike_is_in_the_peak(fresh):
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        f"cell({START[BACKEND]!r})",
+        # The sampler wakes once a second: only the allocator's peak counter can see the spike.
+        f"r = cell('%%gpumem --interval 1\\n' + {SPIKE[BACKEND]!r})",
+        record_fields(),
+    ))
+    print(result["summary"])
+    assert result["alloc_exact"], result["alloc_note"]
+    assert result["alloc_peak"] >= 4 * GiB
+
+
+def test_a_hard_limit_turns_into_an_oom_the_next_cell_survives(fresh):
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        'ip.run_line_magic("gpumem", "--limit 2GiB")',
+        f"cell({START[BACKEND]!r})",
+        f"r = cell('%%gpumem\\n' + {TOO_BIG[BACKEND]!r})",
+        'RESULT["failed"] = not r.success',
+        record_fields(),
+        f"r = cell('%%gpumem\\n' + {SPIKE[BACKEND].replace('GiB // 4', 'GiB // 16')!r})",
+        'RESULT["next_ok"] = r.success',
+    ))
+    print(result["summary"])
+    assert result["failed"] and result["error_kind"] == "oom"
+    assert result["next_ok"], "the kernel goes on: 1 GiB fits under the 2 GiB limit"
+
+
+def test_a_framework_started_before_load_gets_the_exact_fix(fresh):
+    result = fresh(script(
+        f"cell({START[BACKEND]!r})",
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+    ))
+    line = next(l for l in result["_stdout"].splitlines() if l.strip().startswith(BACKEND))
+    assert "already started before kmem_magic was loaded" in line
+    assert "Fix: restart the kernel and run %load_ext kmem_magic" in line

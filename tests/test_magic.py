@@ -1,0 +1,138 @@
+"""Invariant 2, in a real IPython shell: a %%gpumem cell behaves exactly like the bare cell."""
+
+import os
+import threading
+
+import pytest
+from IPython.core.error import UsageError
+
+from conftest import gpu
+
+
+def run(ip, source):
+    return ip.run_cell(source, store_history=True)
+
+
+def test_cell_prints_returns_its_last_expression_and_fills_out(ip, capsys):
+    result = run(ip, "%%gpumem\nprint('hello from the cell')\nanswer = 6 * 7\nanswer")
+    out = capsys.readouterr().out
+    assert result.success and result.result == 42
+    assert "hello from the cell" in out
+    assert ip.user_ns["answer"] == 42
+    assert ip.user_ns["Out"][result.execution_count] == 42
+    assert ip.user_ns["_"] == 42
+
+
+def test_trailing_semicolon_silences_the_value_like_a_plain_cell(ip, capsys):
+    result = run(ip, "%%gpumem --quiet\n7 * 6;")
+    assert result.result is None
+    assert result.execution_count not in ip.user_ns["Out"]
+
+
+def test_cell_without_expression_returns_nothing(ip):
+    result = run(ip, "%%gpumem --quiet\nx = [1, 2, 3]")
+    assert result.success and result.result is None and ip.user_ns["x"] == [1, 2, 3]
+
+
+def test_an_exception_fails_the_cell_with_the_users_error_and_line(ip, capsys):
+    result = run(ip, "%%gpumem\nok = 1\nraise ValueError('boom')\nnever = 2")
+    out = capsys.readouterr().out
+    assert isinstance(result.error_in_exec, ValueError)
+    assert not result.success
+    assert ip.user_ns["ok"] == 1 and "never" not in ip.user_ns
+    assert "----> 3 raise ValueError('boom')" in out, "traceback points at the cell's own line 3"
+    assert "failed (ValueError)" in out, "the report still comes, and says the cell failed"
+
+
+def test_keyboard_interrupt_interrupts_and_stops_the_sampler(ip, capsys):
+    result = run(ip, "%%gpumem --interval 0.01\nimport time\ntime.sleep(0.05)\nraise KeyboardInterrupt")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert "interrupted" in capsys.readouterr().out
+    assert not [t for t in threading.enumerate() if t.name == "kmem-sampler"]
+
+
+def test_line_magics_and_shell_escapes_inside_the_cell_still_work(ip, capsys):
+    result = run(ip, "%%gpumem --quiet\n%time y = 3\nfiles = !echo listed\nfiles[0]")
+    assert result.result == "listed"
+    assert ip.user_ns["y"] == 3
+
+
+def test_syntax_error_changes_nothing_not_even_the_policy(ip, capsys):
+    result = run(ip, "%%gpumem --no-policy\ndef broken(:")
+    assert isinstance(result.error_in_exec, SyntaxError)
+    assert ip.magics_manager.registry["GpuMem"].configurator.policy.mode == "growth"
+    assert "policy none" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line, message", [
+    ("--interval -1", "invalid interval"),
+    ("status", "is a line magic"),
+    ("--bogus", "unrecognized arguments"),
+])
+def test_bad_cell_options_are_one_line_usage_errors_before_the_cell_runs(ip, line, message):
+    result = run(ip, f"%%gpumem {line}\nran = True")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert message in str(result.error_in_exec)
+    assert "ran" not in ip.user_ns
+
+
+def test_report_is_one_bundle_with_text_and_png(ip):
+    shown = []
+    ip.display_pub.publish = lambda data, metadata=None, **kw: shown.append(data)
+    try:
+        run(ip, "%%gpumem\nblock = bytearray(64 * 2**20)")
+    finally:
+        del ip.display_pub.publish
+    assert len(shown) == 1
+    bundle = shown[0]
+    assert set(bundle) == {"text/plain", "image/png"}
+    import base64
+
+    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert "host RSS" in bundle["text/plain"]
+
+
+def test_host_peak_is_exact_even_for_a_spike_between_samples(ip, capsys):
+    # A 300 MiB block lives for a few milliseconds; the sampler wakes only every 5 s.
+    run(ip, "%%gpumem --interval 5\nspike = bytearray(300 * 2**20)\nspike[::4096] = b'x' * len(spike[::4096])\ndel spike")
+    record = ip.magics_manager.registry["GpuMem"].history[-1]
+    peak = record.peak("host")
+    assert peak.exact, "read from the kernel's high-water mark, not from samples"
+    assert peak.bytes - record.host.before["host"] >= 290 * 2**20
+    assert record.left_behind("host") < 100 * 2**20
+
+
+def test_no_gpu_means_host_memory_only_and_says_so(ip, fake_nvml, capsys):
+    fake_nvml([], missing=True)
+    run(ip, "%%gpumem\nz = 1")
+    out = capsys.readouterr().out
+    assert "no GPU: no NVIDIA driver found" in out
+    assert "host RSS" in out
+
+
+def test_gpu_figures_come_from_nvml_and_unknown_stays_unknown(ip, fake_nvml, capsys):
+    # NVML lists a host PID that does not exist here: the kernel runs in a container.
+    fake_nvml([gpu(0, used=5 * 2**30, procs=[(999_999_999, 2**30)])])
+    run(ip, "%%gpumem\nz = 1")
+    out = capsys.readouterr().out
+    record = ip.magics_manager.registry["GpuMem"].history[-1]
+    assert record.peak("device", 0).bytes == 5 * 2**30
+    assert record.peak("process", 0).bytes is None
+    assert "this process (NVML)" in out and "unknown" in out
+    assert "PIDs from outside this container" in out
+
+
+def test_this_process_is_found_by_pid(ip, fake_nvml):
+    fake_nvml([gpu(0, used=5 * 2**30, procs=[(os.getpid(), 3 * 2**30)])])
+    run(ip, "%%gpumem\nz = 1")
+    record = ip.magics_manager.registry["GpuMem"].history[-1]
+    assert record.peak("process", 0).bytes == 3 * 2**30
+    assert record.left_behind("process", 0) == 0
+
+
+def test_history_keeps_every_measured_cell(ip):
+    registry = ip.magics_manager.registry["GpuMem"]
+    before = len(registry.history)
+    run(ip, "%%gpumem --quiet\na = 1")
+    run(ip, "%%gpumem --quiet\nb = 2")
+    assert len(registry.history) == before + 2
