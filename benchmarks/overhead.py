@@ -38,7 +38,7 @@ model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=Tru
 BATCH = 16
 """,
     "convnet-batch64": """
-x = np.random.rand(2048, 28, 28, 1).astype("float32"); y = np.random.randint(0, 10, 2048)
+x = np.random.rand(8192, 28, 28, 1).astype("float32"); y = np.random.randint(0, 10, 8192)
 model = keras.Sequential([keras.Input((28, 28, 1)), keras.layers.Conv2D(32, 3, activation="relu"),
                           keras.layers.MaxPooling2D(), keras.layers.Conv2D(64, 3, activation="relu"),
                           keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
@@ -95,7 +95,7 @@ def timed(shell, source: str, arm: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=11)
-    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
     from IPython.core.interactiveshell import InteractiveShell

@@ -19,13 +19,13 @@ START = {  # the user's own first use of the framework on the GPU
     "torch": "import torch\ntorch.ones(1, device='cuda')",
 }
 SPIKE = {  # 4 GiB that live for about a millisecond
-    "jax": "x = jnp.zeros((GiB // 4,), jnp.float32)\nx.block_until_ready()\ndel x",
-    "torch": "x = torch.empty(GiB // 4, dtype=torch.float32, device='cuda')\n"
+    "jax": "GiB = 2**30\nx = jnp.zeros((GiB // 4,), jnp.float32)\nx.block_until_ready()\ndel x",
+    "torch": "GiB = 2**30\nx = torch.empty(GiB // 4, dtype=torch.float32, device='cuda')\n"
              "torch.cuda.synchronize()\ndel x",
 }
 TOO_BIG = {  # 3 GiB at once, above a 2 GiB limit
-    "jax": "big = jnp.ones((3 * GiB // 4,), jnp.float32)\nbig.block_until_ready()",
-    "torch": "big = torch.ones(3 * GiB // 4, dtype=torch.float32, device='cuda')",
+    "jax": "GiB = 2**30\nbig = jnp.ones((3 * GiB // 4,), jnp.float32)\nbig.block_until_ready()",
+    "torch": "GiB = 2**30\nbig = torch.ones(3 * GiB // 4, dtype=torch.float32, device='cuda')",
 }
 STARTED = {
     "jax": "from jax._src import xla_bridge\nstarted = xla_bridge.backends_are_initialized()",
@@ -123,10 +123,10 @@ def test_a_hard_limit_turns_into_an_oom_the_next_cell_survives(fresh):
         record_fields(),
         f"r = cell('%%gpumem\\n' + {SPIKE[BACKEND].replace('GiB // 4', 'GiB // 16')!r})",
         'RESULT["next_ok"] = r.success',
-    ))
+    ))  # the next cell allocates 256 MiB
     print(result["summary"])
     assert result["failed"] and result["error_kind"] == "oom"
-    assert result["next_ok"], "the kernel goes on: 1 GiB fits under the 2 GiB limit"
+    assert result["next_ok"], "the kernel goes on: 256 MiB fit under the 2 GiB limit"
 
 
 def test_a_framework_started_before_load_gets_the_exact_fix(fresh):
