@@ -45,7 +45,8 @@ else:
     fit_s = time.perf_counter() - t0
     if backend == "jax":
         import jax
-        peak = jax.local_devices()[0].memory_stats()["peak_bytes_in_use"]
+        stats = jax.local_devices()[0].memory_stats()  # None with the platform allocator
+        peak = stats["peak_bytes_in_use"] if stats else None
     else:
         import torch
         peak = torch.cuda.max_memory_allocated()

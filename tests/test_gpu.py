@@ -19,8 +19,8 @@ START = {  # the user's own first use of the framework on the GPU
     "torch": "import torch\ntorch.ones(1, device='cuda')",
 }
 SPIKE = {  # 4 GiB that live for about a millisecond
-    "jax": "GiB = 2**30\nx = jnp.zeros((GiB // 4,), jnp.float32)\nx.block_until_ready()\ndel x",
-    "torch": "GiB = 2**30\nx = torch.empty(GiB // 4, dtype=torch.float32, device='cuda')\n"
+    "jax": "GiB = 2**30\nx = jnp.zeros((GiB,), jnp.float32)\nx.block_until_ready()\ndel x",
+    "torch": "GiB = 2**30\nx = torch.empty(GiB, dtype=torch.float32, device='cuda')\n"
              "torch.cuda.synchronize()\ndel x",
 }
 TOO_BIG = {  # 3 GiB at once, above a 2 GiB limit
@@ -121,7 +121,7 @@ def test_a_hard_limit_turns_into_an_oom_the_next_cell_survives(fresh):
         f"r = cell('%%gpumem\\n' + {TOO_BIG[BACKEND]!r})",
         'RESULT["failed"] = not r.success',
         record_fields(),
-        f"r = cell('%%gpumem\\n' + {SPIKE[BACKEND].replace('GiB // 4', 'GiB // 16')!r})",
+        f"r = cell('%%gpumem\\n' + {SPIKE[BACKEND].replace('GiB,', 'GiB // 16,')!r})",
         'RESULT["next_ok"] = r.success',
     ))  # the next cell allocates 256 MiB
     print(result["summary"])
