@@ -95,7 +95,8 @@ def timed(shell, source: str, arm: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pairs", type=int, default=11)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=2.5,
+                        help="target length of one fit; epochs are calibrated to it")
     parser.add_argument("--models", default=",".join(MODELS))
     args = parser.parse_args()
     from IPython.core.interactiveshell import InteractiveShell
@@ -111,8 +112,10 @@ def main() -> None:
           "fit only | naive 100 Hz / plain, fit only |")
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in args.models.split(","):
-        shell.run_cell("import numpy as np, keras\n" + MODELS[name] + f"EPOCHS = {args.epochs}\n")
+        shell.run_cell("import numpy as np, keras\n" + MODELS[name] + "EPOCHS = 1\n")
         timed(shell, FIT, "plain")  # compile and warm up
+        one_epoch = timed(shell, FIT, "plain")[1]
+        shell.user_ns["EPOCHS"] = max(1, round(args.seconds / one_epoch))
         timed(shell, "%%gpumem\n" + FIT, "kmem")
         times = {arm: [] for arm in cells}
         arms = list(cells)
@@ -127,6 +130,37 @@ def main() -> None:
 
         print(f"| {name} | {statistics.median(t for t, _ in plain):.2f} | {ratio('kmem', 0):.3f} "
               f"| {ratio('kmem', 1):.3f} | {ratio('naive', 1):.3f} |", flush=True)
+    print()
+    print(fixed_costs(shell))
+
+
+def fixed_costs(shell) -> str:
+    """What one measured cell costs beside the code it runs, and one sampler tick, in ms."""
+    from kmem_magic import _nvml, backends
+    from kmem_magic.sampler import Sampler
+
+    def median_ms(source: str) -> float:
+        runs = []
+        for _ in range(15):
+            with contextlib.redirect_stdout(io.StringIO()):
+                t0 = time.perf_counter()
+                shell.run_cell(source)
+                runs.append(time.perf_counter() - t0)
+        return statistics.median(runs) * 1000
+
+    bare = median_ms("pass")
+    quiet = median_ms("%%gpumem --quiet\npass") - bare
+    full = median_ms("%%gpumem\npass") - bare
+    sampler = Sampler(_nvml.devices(), backends.BACKENDS)
+    sampler.sample()
+    ticks = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        sampler.sample()
+        ticks.append(time.perf_counter() - t0)
+    tick = statistics.median(ticks) * 1e6
+    return (f"fixed cost per cell: {quiet:.1f} ms with --quiet, {full:.1f} ms with the full report "
+            f"(text + PNG); one sampler tick: {tick:.0f} us (at 10 Hz: {tick / 1e3:.2f} % of a core)")
 
 
 if __name__ == "__main__":

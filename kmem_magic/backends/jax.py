@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..policy import Report, too_late
 from ..record import Peak
@@ -39,13 +39,18 @@ class Jax(Backend):
             return False
         return bool(xla_bridge.backends_are_initialized())
 
-    def _gpu_devices(self) -> List[Any]:
-        import jax
+    _devices: Optional[List[Any]] = None
 
-        try:
-            return [d for d in jax.local_devices() if d.platform == "gpu"]
-        except RuntimeError:
-            return []
+    def _gpu_devices(self) -> List[Any]:
+        """The started backend's GPUs (cached: a backend's devices never change)."""
+        if self._devices is None:
+            import jax
+
+            try:
+                self._devices = [d for d in jax.local_devices() if d.platform == "gpu"]
+            except RuntimeError:
+                return []
+        return self._devices
 
     def configure(self, policy, configurator, devices) -> Report:
         if not self.is_installed():
