@@ -105,11 +105,17 @@ def main() -> None:
             fit = "" if result["fit_s"] is None else f"{result['fit_s']:.2f}"
             print(f"| {backend} | {name} | {mib(result['held'])} | {mib(result['peak'])} | {ratio} "
                   f"| {fit} |", flush=True)
-        kmem = next(v for k, v in rows.items() if k.startswith("kmem"))["held"]
-        best = min(v["held"] for k, v in rows.items() if k.startswith("hand-tuned") and v["held"])
-        default = rows["framework default"]["held"]
-        verdicts.append(f"{backend}: kmem default holds {kmem / best:.3f}x the best hand-tuned "
-                        f"setting and {kmem / default:.3f}x the framework default")
+        kmem = next(v for k, v in rows.items() if k.startswith("kmem"))
+        default = rows["framework default"]
+        tuned = [v for k, v in rows.items() if k.startswith("hand-tuned") and v["held"]]
+        # A setting that slows training down (jax's platform allocator) is no fair target.
+        fast = [v for v in tuned if v["fit_s"] <= 1.2 * default["fit_s"]]
+        line = f"{backend}: kmem default holds {kmem['held'] / default['held']:.3f}x the framework default"
+        if fast:
+            line += f", {kmem['held'] / min(v['held'] for v in fast):.3f}x the best hand-tuned setting"
+            line += " that trains as fast"
+        line += f", {kmem['held'] / min(v['held'] for v in tuned):.3f}x the best at any speed"
+        verdicts.append(line)
     print()
     for line in verdicts:
         print(line)

@@ -20,7 +20,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
-from .measure import Measurement
+from .measure import Measurement, measure_now
+from .panel import Actions, Panel, widgets_available
 from .policy import MODES, Configurator, Policy
 from .record import CellRecord
 from .units import parse_limit
@@ -68,6 +69,7 @@ class GpuMem(Magics):
         help="Hard per-GPU limit such as '4GiB' or '60%'; empty for none. Default: $KMEM_LIMIT."
     ).tag(config=True)
     interval = Float(0.1, help="Seconds between two samples while a cell runs.").tag(config=True)
+    refresh = Float(0.5, help="Seconds between two redraws of the live panel.").tag(config=True)
     history_size = Int(100, help="How many cell records %gpumem keeps.").tag(config=True)
 
     @default("policy")
@@ -95,10 +97,11 @@ class GpuMem(Magics):
                 raise TraitError(f"GpuMem.limit: {error}") from None
         return value
 
-    @validate("interval")
+    @validate("interval", "refresh")
     def _check_interval(self, proposal) -> float:
         if not 0.001 <= proposal["value"] <= 60:
-            raise TraitError("GpuMem.interval must be between 0.001 and 60 seconds")
+            raise TraitError(f"GpuMem.{proposal['trait'].name} must be between 0.001 and 60 "
+                             "seconds")
         return proposal["value"]
 
     def __init__(self, shell=None, **kwargs) -> None:
@@ -156,6 +159,9 @@ class GpuMem(Magics):
     @magic_arguments.argument(
         "--quiet", action="store_true", help="cell magic: print one line instead of the report"
     )
+    @magic_arguments.argument(
+        "--no-live", action="store_true", help="cell magic: no live curves, only the final view"
+    )
     @line_cell_magic
     def gpumem(self, line: str = "", cell: Optional[str] = None) -> Any:
         """Set the memory policy (line) or measure the GPU memory of a cell (cell).
@@ -171,8 +177,9 @@ class GpuMem(Magics):
             raise UsageError("%gpumem: choose one of --growth, --limit SIZE, --no-policy")
         if cell is not None and args.command:
             raise UsageError(f"%%gpumem: '{args.command}' is a line magic: use %gpumem {args.command}")
-        if cell is None and (args.interval or args.quiet):
-            raise UsageError("%gpumem: --interval and --quiet apply to the cell magic %%gpumem")
+        if cell is None and (args.interval or args.quiet or args.no_live):
+            raise UsageError("%gpumem: --interval, --quiet and --no-live apply to the cell magic "
+                             "%%gpumem")
         # Compile first: a cell with a syntax error changes nothing, not even the policy.
         code = self._compile(line, cell) if cell is not None else None
         policy = None
@@ -191,11 +198,28 @@ class GpuMem(Magics):
     def _measure_cell(self, code, args) -> Any:
         __tracebackhide__ = True  # noqa: F841
         policy = self.configurator.policy or self.default_policy()
+        interval = args.interval or self.interval
+        panel = None
+        if not args.quiet and widgets_available(self.shell):
+            from . import _nvml
+
+            devices = _nvml.devices()
+            panel = Panel(
+                f"%%gpumem cell-{self._cell_number()} · policy {policy}",
+                devices,
+                [policy.limit.bytes_of(d.total_bytes) if policy.limit else None for d in devices],
+                refresh_s=max(interval, self.refresh),
+                live=not args.no_live,
+                actions=Actions(measure_now),
+            )
+            if panel.live:
+                panel.show()
         measurement = Measurement(
             policy=str(policy),
             limit=policy.limit,
-            interval_s=args.interval or self.interval,
+            interval_s=interval,
             execution_count=self._cell_number(),
+            on_sample=panel.on_sample if panel is not None and panel.live else None,
         )
         measurement.start()
         error: Optional[BaseException] = None
@@ -207,7 +231,7 @@ class GpuMem(Magics):
         finally:
             record = measurement.finish(error)
             self._remember(record)
-            self._show(record, quiet=args.quiet)
+            self._show(record, quiet=args.quiet, panel=panel)
 
     def _cell_number(self) -> Optional[int]:
         """The In[] number of the running cell (IPython 7 and 9 count at different moments)."""
@@ -245,18 +269,22 @@ class GpuMem(Magics):
         self.history.append(record)
         del self.history[: -self.history_size or None]
 
-    def _show(self, record: CellRecord, quiet: bool) -> None:
+    def _show(self, record: CellRecord, quiet: bool, panel: Optional[Panel] = None) -> None:
         try:
             if quiet:
                 print(record.one_line())
                 return
-            from IPython.display import display
-
             from .plot import png
+
+            image = png(record)
+            if panel is not None:
+                panel.finish(record, image)
+                return
+            from IPython.display import display
 
             bundle = {
                 "text/plain": record.summary(),
-                "image/png": base64.b64encode(png(record)).decode("ascii"),
+                "image/png": base64.b64encode(image).decode("ascii"),
             }
             display(bundle, raw=True)
         except Exception as error:  # showing must never hide the cell's own result or error

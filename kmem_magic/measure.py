@@ -20,7 +20,7 @@ import time
 from typing import Callable, Dict, Optional
 
 from . import _nvml, backends
-from .record import CellRecord, DeviceInfo, Figures, Peak, Timeline
+from .record import CellRecord, DeviceInfo, Figures, Peak, Timeline, label
 from .sampler import Sampler, host_rss
 from .units import KiB, Limit
 
@@ -162,3 +162,19 @@ def _error_kind(error: Optional[BaseException]) -> Optional[str]:
     if any(backend.is_oom(error) for backend in backends.BACKENDS):
         return "oom"
     return "exception"
+
+
+def measure_now() -> Dict[str, Optional[int]]:
+    """Every source now, summed over GPUs, keyed by its label (for "what was freed")."""
+    devices = _nvml.devices()
+    shot = _snapshot(devices)
+    totals: Dict[str, Optional[int]] = {}
+    for device in devices:
+        for source, value in shot[device.cuda_index].items():
+            key = label(source)
+            if value is None or (key in totals and totals[key] is None):
+                totals[key] = None
+            else:
+                totals[key] = totals.get(key, 0) + value
+    totals[label("host")] = shot["host"]
+    return totals

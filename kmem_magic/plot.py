@@ -107,3 +107,61 @@ def png(record: CellRecord, width_in: float = 8.0) -> bytes:
     buffer = io.BytesIO()
     figure(record, width_in).savefig(buffer, format="png")
     return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- live SVG
+def _points(series, t_max: float, x0: float, width: float, y0: float, height: float,
+            top: float, budget: int = 300) -> str:
+    """``x,y`` pairs for an SVG polyline, at most ``budget`` of them (the larger of each
+    bucket, so that peaks survive)."""
+    known = [(t, v) for t, v in zip(series.t_s, series.values) if v is not None]
+    if len(known) > budget:
+        step = len(known) / budget
+        known = [max(known[int(i * step):int((i + 1) * step)] or known[-1:], key=lambda p: p[1])
+                 for i in range(budget)]
+    return " ".join(
+        f"{x0 + width * t / t_max:.1f},{y0 + height * (1 - min(v / top, 1.05)):.1f}"
+        for t, v in known
+    )
+
+
+def svg(timeline, devices, limits, elapsed_s: float, width: int = 760,
+        panel_height: int = 120) -> str:
+    """The live curves as a small SVG: one panel per GPU (with its total and limit) and one
+    for host RSS. Cheap (well under a millisecond for a few hundred points), so it can be
+    redrawn from the sampler thread twice a second."""
+    left, right, top_pad, bottom_pad = 62, 8, 14, 16
+    rows = [(d.cuda_index, d.total_bytes, lim) for d, lim in
+            zip(devices, list(limits) + [None] * (len(devices) - len(limits)))] + [(None, None, None)]
+    height = len(rows) * (panel_height + top_pad + bottom_pad)
+    t_max = max(elapsed_s, 1e-3)
+    x0, plot_w = left, width - left - right
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'class="kmem-curves" font-family="sans-serif" font-size="10">']
+    for row, (device, total, limit) in enumerate(rows):
+        y0 = row * (panel_height + top_pad + bottom_pad) + top_pad
+        series = [s for s in timeline.series.values() if s.device == device]
+        peak = max([s.max() or 0 for s in series] + [1])
+        top = total if total else peak * 1.15
+        name = "host RSS" if device is None else f"GPU {device}"
+        out.append(f'<text x="{x0}" y="{y0 - 3}" font-weight="bold">{name}</text>')
+        out.append(f'<rect x="{x0}" y="{y0}" width="{plot_w}" height="{panel_height}" '
+                   f'fill="none" stroke="#ccc"/>')
+        out.append(f'<text x="{x0 - 4}" y="{y0 + 8}" text-anchor="end">{format_bytes(top)}</text>')
+        out.append(f'<text x="{x0 - 4}" y="{y0 + panel_height}" text-anchor="end">0</text>')
+        for value, color, text in ((limit, "#bcbd22", "limit"),):
+            if value:
+                y = y0 + panel_height * (1 - value / top)
+                out.append(f'<line x1="{x0}" x2="{x0 + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+                           f'stroke="{color}" stroke-dasharray="4 3"/>')
+                out.append(f'<text x="{x0 + plot_w - 2}" y="{y - 2:.1f}" text-anchor="end" '
+                           f'fill="{color}">{text} {format_bytes(value)}</text>')
+        for s in series:
+            points = _points(s, t_max, x0, plot_w, y0, panel_height, top)
+            if points:
+                out.append(f'<polyline fill="none" stroke="{COLORS.get(s.source, "#333")}" '
+                           f'stroke-width="1.6" points="{points}"/>')
+        out.append(f'<text x="{x0 + plot_w}" y="{y0 + panel_height + 12}" text-anchor="end">'
+                   f'{t_max:.1f} s</text>')
+    out.append("</svg>")
+    return "".join(out)
