@@ -98,7 +98,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.5,
                         help="target length of one fit; epochs are calibrated to it")
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--kernel", action="store_true",
+                        help="run inside a Jupyter kernel, with the live panel")
     args = parser.parse_args()
+    if args.kernel:
+        return in_kernel([a for a in sys.argv[1:] if a != "--kernel"])
     from IPython.core.interactiveshell import InteractiveShell
 
     shell = InteractiveShell.instance()
@@ -132,6 +136,20 @@ def main() -> None:
               f"| {ratio('kmem', 1):.3f} | {ratio('naive', 1):.3f} |", flush=True)
     print()
     print(fixed_costs(shell))
+
+
+def in_kernel(argv) -> None:
+    """Run this script with ``argv`` in a fresh Jupyter kernel and print what it printed."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(f"%run {os.path.abspath(__file__)} {' '.join(argv)}")]
+    NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": ROOT}}).execute()
+    for output in nb.cells[0].outputs:
+        if output.output_type == "stream" and output.name == "stdout":
+            print(output.text, end="")
+    print("(inside a Jupyter kernel: the live panel was on)")
 
 
 def fixed_costs(shell) -> str:

@@ -74,9 +74,11 @@ class Panel:
         self.suggestions = w.HTML(value="", layout=w.Layout(display="none"))
         self.clear_button = w.Button(description="Clear Keras session", icon="broom",
                                      tooltip="keras.utils.clear_session() and gc.collect(), "
-                                     "then show what was freed", disabled=True)
+                                     "then show what was freed", disabled=True,
+                                     layout=w.Layout(width="auto"))
         self.save_button = w.Button(description="Save", icon="save", disabled=True,
-                                    tooltip="PNG and CSV of this cell, next to the notebook")
+                                    tooltip="PNG and CSV of this cell, next to the notebook",
+                                    layout=w.Layout(width="auto"))
         self.status = w.HTML(value="")
         self.buttons = w.HBox([self.clear_button, self.save_button, self.status])
         self.widget = w.VBox([self.header, self.curves, self.image, self.stats,

@@ -97,9 +97,11 @@ def _mark_peaks(ax, record: CellRecord, figures: Figures, device: Optional[int],
         when = series.argmax_t() if series is not None else None
         when = record.wall_s if when is None else when
         ax.plot([when], [peak.bytes / unit], marker="v", color=COLORS.get(source), ms=7)
+        # Label to the left of a peak in the right half, so that it stays inside the axes.
+        right_half = when > 0.5 * max(record.wall_s, 1e-3)
         ax.annotate(f"peak {format_bytes(peak.bytes)}", (when, peak.bytes / unit),
-                    textcoords="offset points", xytext=(4, 4), fontsize=7,
-                    color=COLORS.get(source))
+                    textcoords="offset points", xytext=(-6 if right_half else 6, 4), fontsize=7,
+                    ha="right" if right_half else "left", color=COLORS.get(source))
 
 
 def png(record: CellRecord, width_in: float = 8.0) -> bytes:

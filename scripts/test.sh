@@ -8,8 +8,15 @@ cd "$(dirname "$0")/.."
 source scripts/_venv.sh
 export PIP_DISABLE_PIP_VERSION_CHECK=1 TF_CPP_MIN_LOG_LEVEL=2
 
+# The browser test drives JupyterLab in Debian's chromium (Playwright cannot download one here).
+if ! command -v chromium >/dev/null; then
+  echo "== installing Debian's chromium for the browser test"
+  if [[ $(id -u) -eq 0 ]]; then apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq chromium >/dev/null; fi
+fi
+
 echo "== newest IPython, with TensorFlow, JAX and PyTorch on the CPU"
-make_venv .venv -e ".[test,cpu]" jax "torch==2.13.0"
+make_venv .venv -e ".[test,cpu]" jax "torch==2.13.0" jupyterlab playwright
 .venv/bin/python -m pytest "$@"
 
 echo "== Colab's IPython 7.34 and ipykernel 6.17.1: the core tests"
