@@ -66,8 +66,11 @@ class Measurement:
         for device in self.devices:
             i = device.cuda_index
             figures = Figures(before=dict(self._before[i]), after=dict(after[i]))
-            for source in ("device", "process"):
-                figures.peak[source] = _sampled_peak(timeline, source, i, figures, self.interval_s)
+            figures.peak["device"] = _sampled_peak(
+                timeline, "device", i, figures, f"every {self.interval_s:g} s")
+            figures.peak["process"] = _sampled_peak(
+                timeline, "process", i, figures,
+                f"at the edges and every {self.sampler.process_interval_s:g} s")
             gpu[i] = figures
         for backend in started:
             sampled = {
@@ -86,7 +89,7 @@ class Measurement:
         host.peak["host"] = (
             Peak(host_peak, True, "kernel high-water mark")
             if host_peak is not None
-            else _sampled_peak(timeline, "host", None, host, self.interval_s)
+            else _sampled_peak(timeline, "host", None, host, f"every {self.interval_s:g} s")
         )
         return CellRecord(
             execution_count=self.execution_count,
@@ -125,12 +128,12 @@ def _snapshot(devices) -> Dict:
     return shot
 
 
-def _sampled_peak(timeline: Timeline, source: str, device, figures: Figures, interval_s) -> Peak:
+def _sampled_peak(timeline: Timeline, source: str, device, figures: Figures, how: str) -> Peak:
     series = timeline.find(source, device)
     values = [figures.before.get(source), figures.after.get(source)]
     values.append(series.max() if series is not None else None)
     known = [v for v in values if v is not None]
-    return Peak(max(known) if known else None, False, f"every {interval_s:g} s")
+    return Peak(max(known) if known else None, False, how)
 
 
 def _reset_host_peak() -> bool:

@@ -49,20 +49,22 @@ def figure(record: CellRecord, width_in: float = 8.0):
     fig.suptitle(title, fontsize=10)
     for ax, device in zip(axes, record.devices):
         figures = record.gpu.get(device.index, Figures())
-        top = device.total_bytes
+        top = axis_top(record, figures, device.total_bytes, device.limit_bytes)
         unit, name = _scale(top)
         sources = ["device", "process"] + [s for s in figures.peak if s not in ("device", "process")]
         for source in sources:
             _line(ax, record, source, device.index, unit)
-        ax.axhline(device.total_bytes / unit, color="black", lw=0.8, ls="--",
-                   label=f"total {format_bytes(device.total_bytes)}")
+        if device.total_bytes <= top:
+            ax.axhline(device.total_bytes / unit, color="black", lw=0.8, ls="--",
+                       label=f"total {format_bytes(device.total_bytes)}")
         if device.limit_bytes:
             ax.axhline(device.limit_bytes / unit, color="#bcbd22", lw=1.2, ls="--",
                        label=f"limit {format_bytes(device.limit_bytes)}")
         _mark_peaks(ax, record, figures, device.index, unit)
-        ax.set_ylim(0, top / unit * 1.05)
+        ax.set_ylim(0, top / unit)
         ax.set_ylabel(name)
-        ax.set_title(f"GPU {device.index} · {device.name}", fontsize=9, loc="left")
+        ax.set_title(f"GPU {device.index} · {device.name} · {format_bytes(device.total_bytes)} "
+                     "total", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper left", ncols=2)
     host_ax = axes[-1]
     host_top = record.host.peak.get("host").bytes if "host" in record.host.peak else None
@@ -80,13 +82,26 @@ def figure(record: CellRecord, width_in: float = 8.0):
     return fig
 
 
+def axis_top(record: CellRecord, figures: Figures, total: int, limit: Optional[int]) -> float:
+    """Where a GPU axis ends: a margin above the highest figure or the limit, at most the
+    device's total (a 900 MiB curve drawn against 80 GiB would be a flat line at the bottom)."""
+    highest = max([p.bytes or 0 for p in figures.peak.values()] + [limit or 0, 1])
+    return min(total * 1.02, highest * 1.25)
+
+
 def _line(ax, record: CellRecord, source: str, device: Optional[int], unit: float) -> None:
     series = record.timeline.find(source, device)
     if series is None or not any(v is not None for v in series.values):
         return
     points = [(t, v / unit) for t, v in zip(series.t_s, series.values) if v is not None]
     t, v = zip(*points)
-    ax.plot(t, v, color=COLORS.get(source), lw=1.4, label=label(source), drawstyle="steps-post")
+    if source == "process":
+        # Read every few seconds only (it is costly): show the readings, not a made-up staircase.
+        ax.plot(t, v, color=COLORS.get(source), lw=1.0, ls="--", marker="o", ms=3,
+                label=label(source) + ", every 5 s")
+    else:
+        ax.plot(t, v, color=COLORS.get(source), lw=1.4, label=label(source),
+                drawstyle="steps-post")
 
 
 def _mark_peaks(ax, record: CellRecord, figures: Figures, device: Optional[int], unit: float) -> None:
@@ -144,8 +159,8 @@ def svg(timeline, devices, limits, elapsed_s: float, width: int = 760,
         y0 = row * (panel_height + top_pad + bottom_pad) + top_pad
         series = [s for s in timeline.series.values() if s.device == device]
         peak = max([s.max() or 0 for s in series] + [1])
-        top = total if total else peak * 1.15
-        name = "host RSS" if device is None else f"GPU {device}"
+        top = min(total * 1.02, max(peak, limit or 0) * 1.25) if total else peak * 1.15
+        name = "host RSS" if device is None else f"GPU {device} (of {format_bytes(total)})"
         out.append(f'<text x="{x0}" y="{y0 - 3}" font-weight="bold">{name}</text>')
         out.append(f'<rect x="{x0}" y="{y0}" width="{plot_w}" height="{panel_height}" '
                    f'fill="none" stroke="#ccc"/>')
@@ -161,8 +176,9 @@ def svg(timeline, devices, limits, elapsed_s: float, width: int = 760,
         for s in series:
             points = _points(s, t_max, x0, plot_w, y0, panel_height, top)
             if points:
+                dash = ' stroke-dasharray="3 3"' if s.source == "process" else ""
                 out.append(f'<polyline fill="none" stroke="{COLORS.get(s.source, "#333")}" '
-                           f'stroke-width="1.6" points="{points}"/>')
+                           f'stroke-width="1.6"{dash} points="{points}"/>')
         out.append(f'<text x="{x0 + plot_w}" y="{y0 + panel_height + 12}" text-anchor="end">'
                    f'{t_max:.1f} s</text>')
     out.append("</svg>")

@@ -222,6 +222,28 @@ class CellRecord:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=1)
 
+    @classmethod
+    def from_dict(cls, data: dict) -> "CellRecord":
+        """The record :meth:`to_dict` wrote (e.g. one measured on another machine)."""
+        data = dict(data)
+
+        def figures(raw: dict) -> Figures:
+            return Figures(dict(raw["before"]), dict(raw["after"]),
+                           {k: Peak(**v) for k, v in raw["peak"].items()})
+
+        timeline = Timeline()
+        for raw in data.pop("timeline").values():
+            series = timeline.get(raw["source"], raw["device"])
+            series.t_s, series.values = list(raw["t_s"]), list(raw["bytes"])
+        data["devices"] = [DeviceInfo(**d) for d in data["devices"]]
+        data["gpu"] = {int(k): figures(v) for k, v in data["gpu"].items()}
+        data["host"] = figures(data["host"])
+        return cls(timeline=timeline, **data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "CellRecord":
+        return cls.from_dict(json.loads(text))
+
     def to_csv(self) -> str:
         """The timeline as CSV, one row per sample: ``t_s,series,source,device,bytes``."""
         out = io.StringIO()

@@ -1,0 +1,42 @@
+"""The cell record as data: labels, unknowns, exports and a round trip."""
+
+import json
+
+from kmem_magic.measure import Measurement
+from kmem_magic.record import CellRecord, Figures, Peak, label
+
+
+def test_record_round_trips_through_json():
+    m = Measurement(interval_s=0.01).start()
+    block = bytearray(20 * 2**20)
+    record = m.finish()
+    del block
+    again = CellRecord.from_json(record.to_json())
+    assert again.to_dict() == record.to_dict()
+    assert again.peak("host") == record.peak("host")
+
+
+def test_unknown_before_or_after_gives_unknown_left_behind():
+    figures = Figures(before={"process": None, "jax": 10}, after={"process": 5, "jax": 30})
+    assert figures.left_behind("process") is None
+    assert figures.left_behind("jax") == 20
+
+
+def test_csv_has_one_row_per_sample_with_its_source():
+    m = Measurement(interval_s=0.01).start()
+    record = m.finish()
+    rows = record.to_csv().splitlines()
+    assert rows[0] == "t_s,series,source,device,bytes"
+    assert all(row.split(",")[2] == "host" for row in rows[1:])
+    assert len(rows) - 1 == len(record.timeline.find("host").t_s)
+
+
+def test_every_figure_is_labelled_with_its_source():
+    assert label("device") == "device used (NVML)"
+    assert label("process") == "this process (NVML)"
+    assert label("jax") == "jax allocator"
+    assert label("host") == "host RSS"
+    record = Measurement().start().finish()
+    assert "host RSS" in record.summary() and "exact" in record.summary()
+    json.loads(record.to_json())
+    assert Peak(None, False).bytes is None
