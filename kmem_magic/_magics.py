@@ -12,19 +12,24 @@ import ast
 import base64
 import io
 import os
+import sys
 import tokenize
-from typing import Any, List, Optional
+import traceback
+from typing import Any, List, Optional, Sequence
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
+from .advice import Context, advise
+from .backends import is_oom
+from .live import keras_state, scan
 from .measure import Measurement, measure_now
 from .panel import Actions, Panel, widgets_available
 from .policy import MODES, Configurator, Policy
-from .record import CellRecord
-from .units import parse_limit
+from .record import CellRecord, history_csv, label
+from .units import format_bytes, parse_limit
 
 
 def _size_or_percent(text: str) -> str:
@@ -139,9 +144,11 @@ class GpuMem(Magics):
     # --------------------------------------------------------------------- the magic
     @magic_arguments.magic_arguments()
     @magic_arguments.argument(
-        "command", nargs="?", choices=["status"],
-        help="line magic only: 'status' shows the policy, the backends and the devices",
+        "command", nargs="?", choices=["status", "history", "export"],
+        help="line magic only: 'status' (policy, backends, devices), 'history' (every measured "
+        "cell), 'export PATH' (the history as .csv or .json)",
     )
+    @magic_arguments.argument("path", nargs="?", help="for export: a .csv or .json file")
     @magic_arguments.argument(
         "--growth", action="store_true", help="policy: take GPU memory only as needed (default)"
     )
@@ -175,6 +182,11 @@ class GpuMem(Magics):
         chosen = [flag for flag in (args.growth, args.limit, args.no_policy) if flag]
         if len(chosen) > 1:
             raise UsageError("%gpumem: choose one of --growth, --limit SIZE, --no-policy")
+        if args.command == "export" and (cell is not None or not args.path or
+                                         not args.path.lower().endswith((".csv", ".json"))):
+            raise UsageError("%gpumem export PATH: PATH must end in .csv or .json")
+        if args.path and args.command != "export":
+            raise UsageError(f"%gpumem: unexpected argument {args.path!r}")
         if cell is not None and args.command:
             raise UsageError(f"%%gpumem: '{args.command}' is a line magic: use %gpumem {args.command}")
         if cell is None and (args.interval or args.quiet or args.no_live):
@@ -190,12 +202,16 @@ class GpuMem(Magics):
         if policy is not None:
             self.configurator.apply(policy)
         if cell is None:
-            if args.command == "status" or policy is None:
+            if args.command == "history":
+                print(self.history_table())
+            elif args.command == "export":
+                print(self.export(args.path))
+            elif args.command == "status" or policy is None:
                 print(self.status())
             return None
-        return self._measure_cell(code, args)
+        return self._measure_cell(code, args, cell)
 
-    def _measure_cell(self, code, args) -> Any:
+    def _measure_cell(self, code, args, cell: str) -> Any:
         __tracebackhide__ = True  # noqa: F841
         policy = self.configurator.policy or self.default_policy()
         interval = args.interval or self.interval
@@ -220,18 +236,27 @@ class GpuMem(Magics):
             interval_s=interval,
             execution_count=self._cell_number(),
             on_sample=panel.on_sample if panel is not None and panel.live else None,
+            source=cell,
         )
         measurement.start()
         error: Optional[BaseException] = None
+        value = None
         try:
-            return self._run(code)
+            value = self._run(code)
+            return value
         except BaseException as raised:
             error = raised
+            if is_oom(raised):
+                # Out of memory: the failed frames' locals (batches, activations) would keep the
+                # memory alive through sys.last_traceback. Release them; the text stays.
+                traceback.clear_frames(raised.__traceback__)
             raise
         finally:
             record = measurement.finish(error)
+            suggestions = self._advise(record, value)
+            record.suggestions = [s.to_dict() for s in suggestions]
             self._remember(record)
-            self._show(record, quiet=args.quiet, panel=panel)
+            self._show(record, quiet=args.quiet, panel=panel, suggestions=suggestions)
 
     def _cell_number(self) -> Optional[int]:
         """The In[] number of the running cell (IPython 7 and 9 count at different moments)."""
@@ -269,27 +294,81 @@ class GpuMem(Magics):
         self.history.append(record)
         del self.history[: -self.history_size or None]
 
-    def _show(self, record: CellRecord, quiet: bool, panel: Optional[Panel] = None) -> None:
+    def _advise(self, record: CellRecord, value: Any = None) -> list:
+        """The suggestions for ``record``; a failure here must never hide the cell's result.
+        ``value`` is the cell's result, which IPython is about to keep in ``Out``."""
+        try:
+            namespace = self.shell.user_ns
+            shown = {f"Out[{record.execution_count}]": value} if value is not None else {}
+            keras = sys.modules.get("keras")
+            policy = None
+            if keras is not None:
+                policy = getattr(keras.config.dtype_policy(), "name", None)
+            weights, optimizer = keras_state(namespace)
+            context = Context(
+                live_objects=lambda: scan({**shown, **namespace},
+                                          getattr(sys, "last_traceback", None)),
+                dtype_policy=policy, keras_weights_bytes=weights, keras_optimizer_bytes=optimizer)
+            return advise(record, self.history, context)
+        except Exception as error:
+            print(f"kmem_magic: no suggestions this time ({error!r})")
+            return []
+
+    def _show(self, record: CellRecord, quiet: bool, panel: Optional[Panel] = None,
+              suggestions: Sequence = ()) -> None:
         try:
             if quiet:
-                print(record.one_line())
+                print(record.one_line() + (f" · {len(suggestions)} suggestion(s): "
+                      + "; ".join(s.title for s in suggestions) if suggestions else ""))
                 return
             from .plot import png
 
             image = png(record)
+            text = record.summary()
+            if suggestions:
+                text += "\nsuggestions\n" + "\n".join(s.text() for s in suggestions)
             if panel is not None:
-                panel.finish(record, image)
+                panel.finish(record, image, [s.html() for s in suggestions], text=text)
                 return
             from IPython.display import display
 
             bundle = {
-                "text/plain": record.summary(),
+                "text/plain": text,
                 "image/png": base64.b64encode(image).decode("ascii"),
             }
             display(bundle, raw=True)
         except Exception as error:  # showing must never hide the cell's own result or error
             print(f"kmem_magic: could not show the memory report: {error!r}")
             print(record.summary())
+
+    # --------------------------------------------------------------------- history
+    def history_table(self) -> str:
+        """Every measured cell: number, peak, left behind, wall time, suggestions."""
+        if not self.history:
+            return "no cell measured yet: run one with %%gpumem"
+        lines = [f"{'cell':<9} {'wall':>8}  {'peak':<36} {'left behind':>13}  suggestions"]
+        for record in self.history:
+            peak, source, left = record.headline()
+            lines.append(
+                f"{record.name:<9} {record.wall_s:>7.2f}s  "
+                f"{format_bytes(peak.bytes) + ' (' + label(source) + ')':<36} "
+                f"{format_bytes(left, signed=True):>13}  "
+                + ("; ".join(s["title"] for s in record.suggestions) or "-"))
+        return "\n".join(lines)
+
+    def export(self, path: str) -> str:
+        """Write the history to ``path`` (.json: full records; .csv: one row per figure)."""
+        if os.path.exists(path):
+            raise UsageError(f"%gpumem export: {path} exists; choose another name")
+        if path.lower().endswith(".json"):
+            import json
+
+            text = json.dumps([r.to_dict() for r in self.history], indent=1)
+        else:
+            text = history_csv(self.history)
+        with open(path, "w") as handle:
+            handle.write(text)
+        return f"wrote {len(self.history)} cell(s) to {os.path.abspath(path)}"
 
     # --------------------------------------------------------------------- status
     def status(self) -> str:
@@ -312,8 +391,6 @@ class GpuMem(Magics):
         if not devices:
             lines.append(f"no GPU: {_nvml.unavailable_reason()}")
         for device in devices:
-            from .units import format_bytes
-
             used = _nvml.memory_used(device)
             mine, why = _nvml.process_used(device)
             lines.append(

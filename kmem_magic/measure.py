@@ -17,6 +17,8 @@ from __future__ import annotations
 import datetime
 import os
 import time
+
+import psutil
 from typing import Callable, Dict, Optional
 
 from . import _nvml, backends
@@ -35,12 +37,14 @@ class Measurement:
         interval_s: float = 0.1,
         execution_count: Optional[int] = None,
         on_sample: Optional[Callable[[Timeline], None]] = None,
+        source: str = "",
     ) -> None:
         self.policy = policy
         self.limit = limit
         self.interval_s = interval_s
         self.execution_count = execution_count
         self.on_sample = on_sample
+        self.source = source
         self.sampler: Optional[Sampler] = None
 
     def start(self) -> "Measurement":
@@ -60,7 +64,8 @@ class Measurement:
         """Stop sampling and build the record; ``error`` is what the code raised, if anything."""
         timeline = self.sampler.stop()
         wall_s = time.perf_counter() - self._t0
-        after = _snapshot(self.devices)
+        others: Dict = {}
+        after = _snapshot(self.devices, others)
         started = backends.started()
         gpu: Dict[int, Figures] = {}
         for device in self.devices:
@@ -111,21 +116,37 @@ class Measurement:
             process_note=self.sampler.process_note,
             error=None if error is None else type(error).__name__,
             error_kind=_error_kind(error),
+            source=self.source,
+            others=others,
         )
 
 
-def _snapshot(devices) -> Dict:
-    """Every source, now: ``{cuda_index: {source: bytes}, "host": bytes}``."""
+def _snapshot(devices, others: Optional[Dict] = None) -> Dict:
+    """Every source, now: ``{cuda_index: {source: bytes}, "host": bytes}``; fills ``others``
+    (if given) with the other processes on each GPU: ``[pid, name or None, bytes or None]``."""
     shot: Dict = {d.cuda_index: {} for d in devices}
+    me = os.getpid()
     for device in devices:
         shot[device.cuda_index]["device"] = _nvml.memory_used(device)
-        shot[device.cuda_index]["process"] = _nvml.process_used(device)[0]
+        table = _nvml.processes(device)
+        shot[device.cuda_index]["process"] = _nvml.process_used(device, table=table)[0]
+        if others is not None and table is not None:
+            others[device.cuda_index] = [[pid, _process_name(pid), used]
+                                         for pid, used in table if pid != me]
     for backend in backends.started():
         for index, used in backend.allocator_in_use().items():
             if index in shot:
                 shot[index][backend.name] = used
     shot["host"] = host_rss()
     return shot
+
+
+def _process_name(pid: int) -> Optional[str]:
+    """The name of a local process, None when this container cannot see it."""
+    try:
+        return psutil.Process(pid).name()
+    except (psutil.Error, OSError):
+        return None
 
 
 def _sampled_peak(timeline: Timeline, source: str, device, figures: Figures, how: str) -> Peak:
@@ -162,7 +183,7 @@ def _error_kind(error: Optional[BaseException]) -> Optional[str]:
         return None
     if isinstance(error, KeyboardInterrupt):
         return "interrupt"
-    if any(backend.is_oom(error) for backend in backends.BACKENDS):
+    if backends.is_oom(error):
         return "oom"
     return "exception"
 

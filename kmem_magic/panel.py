@@ -98,7 +98,7 @@ class Panel:
         self._handle = display(self._bundle(text), raw=True, display_id=True)
 
     def finish(self, record: CellRecord, png: bytes,
-               suggestions: Sequence[str] = ()) -> None:
+               suggestions: Sequence[str] = (), text: Optional[str] = None) -> None:
         """Switch to the final view and update the displayed bundle in place (main thread)."""
         self.record = record
         with self.widget.hold_sync():
@@ -110,7 +110,7 @@ class Panel:
             self.set_suggestions(suggestions)
             self.clear_button.disabled = "keras" not in sys.modules
             self.save_button.disabled = False
-        bundle = self._bundle(record.summary())
+        bundle = self._bundle(text or record.summary())
         bundle["image/png"] = base64.b64encode(png).decode("ascii")
         if self._handle is None:
             from IPython.display import display

@@ -148,6 +148,10 @@ class CellRecord:
     process_note: Optional[str] = None
     error: Optional[str] = None
     error_kind: Optional[str] = None  # "exception" | "oom" | "interrupt"
+    source: str = ""  # the cell's code, to recognise re-runs and patterns
+    # Other processes on each GPU at the cell's end: [pid, name or None, bytes or None].
+    others: Dict[int, List[list]] = field(default_factory=dict)
+    suggestions: List[dict] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -188,6 +192,20 @@ class CellRecord:
         lines.append("host")
         lines += _figure_lines(self.host)
         return "\n".join(lines)
+
+    def headline(self) -> tuple:
+        """``(peak, source, left behind)`` of the figure that best sums up the cell: the
+        largest exact allocator peak on a GPU, else a sampled GPU one, else host RSS."""
+        best = None
+        for device in self.devices:
+            for source, peak in self.gpu.get(device.index, Figures()).peak.items():
+                rank = (peak.exact, source not in ("device", "process"), peak.bytes or 0)
+                if peak.bytes is not None and (best is None or rank > best[0]):
+                    best = (rank, device.index, source, peak)
+        if best is None:
+            return self.host.peak.get("host", Peak(None, False)), "host", self.left_behind("host")
+        _, index, source, peak = best
+        return peak, source, self.left_behind(source, index)
 
     def one_line(self) -> str:
         """A single line: the largest exact peak (or sampled, if none), left behind, time."""
@@ -238,6 +256,7 @@ class CellRecord:
         data["devices"] = [DeviceInfo(**d) for d in data["devices"]]
         data["gpu"] = {int(k): figures(v) for k, v in data["gpu"].items()}
         data["host"] = figures(data["host"])
+        data["others"] = {int(k): v for k, v in data.get("others", {}).items()}
         return cls(timeline=timeline, **data)
 
     @classmethod
@@ -269,3 +288,28 @@ def _figure_lines(figures: Figures) -> List[str]:
             f"   left behind {format_bytes(figures.left_behind(source), signed=True)}"
         )
     return lines
+
+
+def history_csv(records: List[CellRecord]) -> str:
+    """Records as CSV, one row per cell, device and source."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["cell", "started_at", "wall_s", "backend", "policy", "error", "device",
+                     "source", "peak_bytes", "peak_exact", "before_bytes", "after_bytes",
+                     "left_behind_bytes", "suggestions"])
+    for record in records:
+        groups = [(str(d), f) for d, f in record.gpu.items()] + [("host", record.host)]
+        for device, figures in groups:
+            for source in figures.sources():
+                peak = figures.peak.get(source, Peak(None, False))
+                writer.writerow([
+                    record.execution_count, record.started_at, f"{record.wall_s:.3f}",
+                    record.backend or "", record.policy, record.error or "", device, source,
+                    _blank(peak.bytes), peak.exact, _blank(figures.before.get(source)),
+                    _blank(figures.after.get(source)), _blank(figures.left_behind(source)),
+                    " | ".join(s["title"] for s in record.suggestions)])
+    return out.getvalue()
+
+
+def _blank(value) -> str:
+    return "" if value is None else str(value)

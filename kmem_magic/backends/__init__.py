@@ -92,3 +92,8 @@ def keras_backend() -> Optional[str]:
 
 def by_name(name: str) -> Optional[Backend]:
     return next((backend for backend in BACKENDS if backend.name == name), None)
+
+
+def is_oom(error: BaseException) -> bool:
+    """Whether ``error`` is an out-of-memory error of any framework."""
+    return any(backend.is_oom(error) for backend in BACKENDS)

@@ -1,0 +1,333 @@
+"""Suggestions backed by measurements: records in, ranked suggestions with their evidence out.
+
+Every rule is a pure function of the cell's :class:`~kmem_magic.record.CellRecord`, the earlier
+records and a :class:`Context` (what lives in the user's namespace, the dtype policy). A rule
+speaks only when its numbers say so, gives the numbers that made it speak, the expected saving
+(and whether that was measured or estimated) and the code to apply. A healthy cell gets nothing.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Callable, List, Optional, Sequence
+
+from .live import LiveObject
+from .record import CellRecord, Figures
+from .units import GiB, MiB, format_bytes
+
+FRAMEWORKS = ("tensorflow", "jax", "torch")
+FIX_ENV = {"jax": "XLA_PYTHON_CLIENT_PREALLOCATE=false", "tensorflow": "TF_FORCE_GPU_ALLOW_GROWTH=true",
+           "torch": "PYTORCH_ALLOC_CONF=expandable_segments:True"}
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    """One piece of advice: what, why (the numbers), how much it should save, and the code."""
+
+    rule: str
+    title: str
+    evidence: str
+    code: str
+    saving_bytes: Optional[int] = None
+    saving_kind: str = "estimated"  # "measured" or "estimated"
+
+    def text(self) -> str:
+        saving = (f" (saves about {format_bytes(self.saving_bytes)}, {self.saving_kind})"
+                  if self.saving_bytes else "")
+        code = "\n".join("      " + line for line in self.code.splitlines())
+        return f"  * {self.title}{saving}\n    {self.evidence}\n{code}"
+
+    def html(self) -> str:
+        saving = (f" <small>(saves about {format_bytes(self.saving_bytes)}, {self.saving_kind})"
+                  "</small>" if self.saving_bytes else "")
+        return (f"<b>{html.escape(self.title)}</b>{saving}<br><small>{html.escape(self.evidence)}"
+                f"</small><pre class='kmem-code'>{html.escape(self.code)}</pre>")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Context:
+    """What the rules may know beside the records; ``live`` is computed only when asked."""
+
+    live_objects: Callable[[], List[LiveObject]] = list
+    dtype_policy: Optional[str] = None
+    keras_weights_bytes: int = 0
+    keras_optimizer_bytes: int = 0
+    _live: Optional[List[LiveObject]] = field(default=None, repr=False)
+
+    @property
+    def live(self) -> List[LiveObject]:
+        if self._live is None:
+            self._live = list(self.live_objects())
+        return self._live
+
+
+# --------------------------------------------------------------------------- helpers
+def _allocator(record: CellRecord, device: int) -> Optional[tuple]:
+    """(framework, peak bytes, exact) with the largest allocator peak on ``device``."""
+    figures = record.gpu.get(device, Figures())
+    best = None
+    for name in FRAMEWORKS:
+        peak = figures.peak.get(name)
+        if peak is not None and peak.bytes is not None and (best is None or peak.bytes > best[1]):
+            best = (name, peak.bytes, peak.exact)
+    return best
+
+
+def _framework_left(record: CellRecord) -> Optional[tuple]:
+    """What the cell left behind in framework memory, and where it was measured: the
+    allocators on the GPUs, else (no GPU) the host, where the frameworks then keep it."""
+    total, known = 0, False
+    for device, figures in record.gpu.items():
+        for name in FRAMEWORKS:
+            left = figures.left_behind(name)
+            if left is not None:
+                total += left
+                known = True
+    if known:
+        return total, "the framework allocators"
+    if not record.devices and record.backend:
+        left = record.left_behind("host")
+        if left is not None:
+            return left, "host memory (no GPU)"
+    return None
+
+
+def _identifier(name: str) -> bool:
+    return name.isidentifier()
+
+
+def _batch_size(source: str) -> Optional[int]:
+    match = re.search(r"batch_size\s*=\s*(\d+)", source)
+    return int(match.group(1)) if match else None
+
+
+def _template(source: str) -> str:
+    return re.sub(r"batch_size\s*=\s*\d+", "batch_size=?", source.strip())
+
+
+# --------------------------------------------------------------------------- rules
+def preallocation(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """The process holds far more GPU memory than its allocator ever needed."""
+    for device in record.devices:
+        figures = record.gpu.get(device.index, Figures())
+        held = figures.after.get("process")
+        alloc = _allocator(record, device.index)
+        if held is None or alloc is None:
+            continue
+        name, peak, _ = alloc
+        excess = held - peak
+        if excess < max(2 * GiB, 0.2 * device.total_bytes):
+            continue
+        code = f"# restart the kernel first ({name} has started: its pool is fixed now), then:\n"
+        code += f"%load_ext kmem_magic   # first cell, before anything imports {name}"
+        code += f"\n# or, before starting Jupyter: export {FIX_ENV[name]}"
+        return Suggestion(
+            "preallocation",
+            f"{name} holds {format_bytes(held)} of GPU {device.index} but needed at most "
+            f"{format_bytes(peak)}",
+            f"this process holds {format_bytes(held)} (NVML) while the {name} allocator's peak "
+            f"was {format_bytes(peak)}: the rest is a preallocated pool that other work cannot use.",
+            code, excess, "measured")
+    return None
+
+
+def left_behind(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """The cell left framework memory behind that something forgotten keeps alive."""
+    left = _framework_left(record)
+    if left is None or left[0] < 128 * MiB:
+        return None
+    delta, where = left
+    holders = ctx.live
+    forgotten = [h for h in holders
+                 if h.name.startswith("Out[") or h.name in ("_", "__", "___", "the last traceback")]
+    accounted = sum(h.bytes for h in holders)
+    if not forgotten and accounted >= 0.5 * delta:
+        return None  # what stayed is what the user's variables hold, on purpose
+    lines = []
+    names = [h.name for h in holders if _identifier(h.name) and h.name not in ("_", "__", "___")]
+    if names:
+        lines.append(f"del {', '.join(names[:5])}")
+    if any(h.name.startswith("Out[") or h.name in ("_", "__", "___") for h in holders):
+        lines.append("%reset -f out            # displayed values kept in Out[] and _")
+    if any(h.name == "the last traceback" for h in holders):
+        lines.append("import sys; sys.last_traceback = sys.last_value = None")
+    lines += ["import gc, keras",
+              "keras.utils.clear_session()  # note: also resets a mixed-precision policy",
+              "gc.collect()"]
+    shown = ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})" for h in holders[:5])
+    evidence = f"{format_bytes(delta)} more in {where} after the cell than before."
+    evidence += (f" Largest holders: {shown}." if shown else " kmem found no model, tensor or "
+                 "array of yours holding it: Keras' global state or the framework's caches may.")
+    return Suggestion("left-behind", f"The cell left {format_bytes(delta)} behind",
+                      evidence, "\n".join(lines), delta, "measured")
+
+
+def regrowth(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """The same cell leaks each time it runs, or memory rises cell after cell."""
+    left = _framework_left(record)
+    if left is None or left[0] < 32 * MiB:
+        return None
+    same = [r for r in history if r.source.strip() and r.source.strip() == record.source.strip()]
+    earlier = [(_framework_left(r) or (0, ""))[0] for r in same[-2:]]
+    rerun = len(earlier) >= 1 and all(e >= 32 * MiB for e in earlier)
+    streak = [(_framework_left(r) or (0, ""))[0] for r in history[-3:]]
+    rising = len(streak) == 3 and all(s >= 32 * MiB for s in streak)
+    if not (rerun or rising):
+        return None
+    source = record.source
+    loop = re.search(r"^\s*(for|while)\b", source, re.M)
+    if loop and re.search(r"keras\.(Sequential|Model)\(|\.clone_model\(|build_model\(", source) \
+            and "clear_session" not in source:
+        title = "Models built in a loop pile up in Keras' global state"
+        code = "for ...:\n    keras.utils.clear_session()   # first line of each iteration\n    model = ..."
+    elif loop and ".predict(" in source:
+        title = "predict() in a loop grows memory"
+        code = "y = model(x, training=False)     # or model.predict_on_batch(x), inside loops"
+    else:
+        title = "Memory grows every time"
+        code = "import gc, keras\nkeras.utils.clear_session()\ngc.collect()"
+    runs = len(same) + 1 if rerun else 4
+    what = "this cell" if rerun else "the last 4 cells"
+    return Suggestion("regrowth", title,
+                      f"{what} left memory behind on each of {runs} runs "
+                      f"({format_bytes(left[0])} this time, in {left[1]}).",
+                      code, left[0] * runs, "measured")
+
+
+def other_processes(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """Other processes hold a good share of the GPU."""
+    for device in record.devices:
+        others = record.others.get(device.index) or []
+        known = [o for o in others if o[2]]
+        total = sum(o[2] for o in known)
+        if total < max(1 * GiB, 0.1 * device.total_bytes):
+            continue
+        named = [o for o in known if o[1]]
+        hidden = [o for o in known if not o[1]]
+        parts = [f"pid {pid} ({name}) {format_bytes(used)}" for pid, name, used in
+                 sorted(named, key=lambda o: -o[2])[:5]]
+        if hidden:
+            parts.append(f"{len(hidden)} process(es) this container cannot see (NVML reports "
+                         f"host PIDs) holding {format_bytes(sum(o[2] for o in hidden))}")
+        code = ("# free them in their own notebooks (restart or shut down those kernels),\n"
+                "# or run here under a limit that leaves room for them:\n"
+                f"%gpumem --limit {max(1, int((device.total_bytes - total) * 0.9 / GiB))}GiB")
+        return Suggestion("other-processes",
+                          f"Other processes hold {format_bytes(total)} of GPU {device.index}",
+                          "; ".join(parts) + ".", code, total, "measured")
+    return None
+
+
+def mixed_precision(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """A float32 model whose activations dominate the peak: mixed precision halves them."""
+    if ctx.dtype_policy != "float32" or not ctx.keras_weights_bytes:
+        return None
+    for device in record.devices:
+        alloc = _allocator(record, device.index)
+        if alloc is None or not alloc[2]:
+            continue
+        fixed = 2 * ctx.keras_weights_bytes + ctx.keras_optimizer_bytes  # weights, grads, slots
+        activations = alloc[1] - fixed
+        if activations < max(64 * MiB, 0.5 * alloc[1]):
+            continue
+        return Suggestion(
+            "mixed-precision", "Activations dominate: mixed precision would roughly halve them",
+            f"peak {format_bytes(alloc[1])} ({alloc[0]} allocator) of which weights, gradients "
+            f"and optimizer slots are about {format_bytes(fixed)}; the rest, about "
+            f"{format_bytes(activations)}, is activations and temporaries in float32.",
+            "keras.mixed_precision.set_global_policy('mixed_float16')  # before building\n"
+            "# keep the last layer in float32: Dense(..., dtype='float32')",
+            activations // 2, "estimated")
+    return None
+
+
+def near_limit(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """The peak came within 10 % of the limit or the device: say which batch size fits."""
+    for device in record.devices:
+        ceiling = device.limit_bytes or device.total_bytes
+        alloc = _allocator(record, device.index)
+        peak = alloc[1] if alloc else record.peak("process", device.index).bytes
+        if peak is None or (peak < 0.9 * ceiling and record.error_kind != "oom"):
+            continue
+        code, evidence = _batch_fit(record, history, device.index, ceiling)
+        what = "the limit" if device.limit_bytes else "the device"
+        return Suggestion(
+            "near-limit", f"The peak reached {100 * peak / ceiling:.0f} % of {what}",
+            f"peak {format_bytes(peak)} of {format_bytes(ceiling)} on GPU {device.index}. "
+            + evidence, code)
+    return None
+
+
+def _batch_fit(record, history, device: int, ceiling: int):
+    batch = _batch_size(record.source)
+    points = {}
+    for r in list(history) + [record]:
+        b = _batch_size(r.source)
+        alloc = _allocator(r, device)
+        if b and alloc and alloc[2] and r.error_kind is None and \
+                _template(r.source) == _template(record.source):
+            points[b] = alloc[1]
+    if len(points) >= 2:
+        # A straight line through the measured (batch size, peak) points: per-sample slope
+        # and fixed part (weights, optimizer state, workspace).
+        xs, ys = list(points), list(points.values())
+        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+        slope = (sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+                 / sum((x - mean_x) ** 2 for x in xs))
+        fixed = mean_y - slope * mean_x
+        if slope > 0:
+            fits = int((0.9 * ceiling - fixed) / slope + 1e-9)
+            sizes = ", ".join(str(b) for b in sorted(xs))
+            return (f"batch_size={max(1, fits)}   # fits 90 % of the memory",
+                    f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
+                    f"the fixed part is {format_bytes(fixed)}.")
+    if batch:
+        return (f"batch_size={max(1, batch // 2)}   # half; measure twice to get the exact fit",
+                "Run the cell with two batch sizes and kmem computes the largest that fits.")
+    return ("# use a smaller batch size, mixed precision, or a higher --limit",
+            "No batch size was seen in the cell to compute one that fits.")
+
+
+def out_of_memory(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """The cell ran out of memory: what filled it, and what would fit."""
+    if record.error_kind != "oom":
+        return None
+    holders = ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})" for h in ctx.live[:5])
+    parts = []
+    for device in record.devices:
+        alloc = _allocator(record, device.index)
+        if alloc:
+            parts.append(f"GPU {device.index}: {alloc[0]} allocator peak {format_bytes(alloc[1])}"
+                         f" of {format_bytes(device.limit_bytes or device.total_bytes)}")
+    code, fit = (_batch_fit(record, history, record.devices[0].index,
+                            record.devices[0].limit_bytes or record.devices[0].total_bytes)
+                 if record.devices else ("# use a smaller batch size", ""))
+    if record.devices and record.devices[0].limit_bytes:
+        code += "\n%gpumem --limit ...   # or raise the limit, if the device has room"
+    code += "\n# the failed cell's frames were released: this kernel can go on, no restart"
+    evidence = "; ".join(parts) or "no allocator figures"
+    if holders:
+        evidence += f". Still alive: {holders}"
+    return Suggestion("out-of-memory", f"Out of memory ({record.error})", evidence + ". " + fit,
+                      code)
+
+
+RULES = (out_of_memory, preallocation, other_processes, left_behind, regrowth, mixed_precision,
+         near_limit)
+
+
+def advise(record: CellRecord, history: Sequence[CellRecord], ctx: Optional[Context] = None
+           ) -> List[Suggestion]:
+    """Every rule's suggestion for ``record``, the out-of-memory one first, then the largest
+    saving first. ``history`` holds the earlier records, oldest first."""
+    ctx = ctx or Context()
+    found = [s for s in (rule(record, history, ctx) for rule in RULES) if s is not None]
+    first = [s for s in found if s.rule == "out-of-memory"]
+    rest = sorted((s for s in found if s.rule != "out-of-memory"),
+                  key=lambda s: -(s.saving_bytes or 0))
+    return first + rest

@@ -1,0 +1,168 @@
+"""Advice: each rule fires on the measurements that justify it, and healthy cells stay silent.
+
+Rules that need a GPU's figures are fed records shaped exactly like those measured on the H100
+(docs/benchmarks.md); the rest run through real scenarios with TensorFlow on the CPU.
+"""
+
+import pytest
+
+from kmem_magic.advice import Context, advise
+from kmem_magic.live import LiveObject
+from kmem_magic.record import CellRecord, DeviceInfo, Figures, Peak, Timeline
+
+MiB, GiB = 2**20, 2**30
+
+
+def record(peak=None, before=None, after=None, total=80 * GiB, limit=None, source="",
+           others=None, error_kind=None, backend="jax", gpu=True):
+    """A record as %%gpumem makes it: one GPU (or none), figures per source."""
+    figures = Figures(before=dict(before or {}), after=dict(after or {}),
+                      peak={k: Peak(v, k not in ("device", "process")) for k, v in (peak or {}).items()})
+    devices = [DeviceInfo(0, "NVIDIA H100 80GB HBM3", "GPU-0", total, limit)] if gpu else []
+    host = Figures(before={"host": 500 * MiB}, after={"host": 500 * MiB},
+                   peak={"host": Peak(600 * MiB, True)})
+    if not gpu:
+        host = figures
+    return CellRecord(
+        execution_count=3, started_at="2026-11-25T12:00:00", wall_s=3.0, backend=backend,
+        policy="growth", interval_s=0.1, devices=devices, gpu={0: figures} if gpu else {},
+        host=host, timeline=Timeline(), source=source, others=others or {},
+        error="ResourceExhaustedError" if error_kind else None, error_kind=error_kind)
+
+
+def rules(suggestions):
+    return [s.rule for s in suggestions]
+
+
+# --------------------------------------------------------------------------- healthy: silent
+HEALTHY = {
+    # kmem's own growth policy on jax: the CUDA context is most of what is held (H100 figures).
+    "jax fit under growth": record(peak={"jax": 162 * MiB, "process": 876 * MiB},
+                                   before={"jax": 0, "process": 0},
+                                   after={"jax": 10 * MiB, "process": 876 * MiB}),
+    "torch fit under growth": record(peak={"torch": 101 * MiB, "process": 852 * MiB},
+                                     before={"torch": 0}, after={"torch": 80 * MiB},
+                                     backend="torch"),
+    "a pure Python cell": record(peak={"device": 900 * MiB}, before={"device": 900 * MiB},
+                                 after={"device": 900 * MiB}),
+    "no GPU, no Keras": record(peak={"host": 700 * MiB}, before={"host": 100 * MiB},
+                               after={"host": 600 * MiB}, gpu=False, backend=None),
+    "a small other process": record(peak={"jax": 1 * GiB}, others={0: [[42, "python", 300 * MiB]]}),
+}
+
+
+@pytest.mark.parametrize("name", list(HEALTHY))
+def test_healthy_cells_get_no_suggestion(name):
+    assert advise(HEALTHY[name], [], Context()) == []
+
+
+def test_a_first_training_run_whose_model_holds_what_stayed_is_healthy():
+    cell = record(peak={"jax": 3 * GiB}, before={"jax": 0}, after={"jax": 2 * GiB})
+    ctx = Context(live_objects=lambda: [LiveObject("model", "Keras Sequential", 2 * GiB)])
+    assert advise(cell, [], ctx) == []
+
+
+# --------------------------------------------------------------------------- each rule
+def test_preallocation_with_the_measured_excess_and_the_fix():
+    cell = record(peak={"jax": 131 * MiB, "process": 61432 * MiB},
+                  before={"process": 0}, after={"process": 61432 * MiB, "jax": 2 * MiB})
+    [s] = advise(cell, [], Context())
+    assert s.rule == "preallocation" and s.saving_kind == "measured"
+    assert s.saving_bytes == 61432 * MiB - 131 * MiB
+    assert "59.99 GiB" in s.title and "131.00 MiB" in s.title
+    assert "restart the kernel" in s.code and "XLA_PYTHON_CLIENT_PREALLOCATE=false" in s.code
+
+
+def test_other_processes_are_named_and_hidden_ones_are_said_to_be_hidden():
+    cell = record(peak={"jax": GiB}, others={0: [[4242, "python3", 10 * GiB],
+                                                 [999999, None, 5 * GiB]]})
+    [s] = advise(cell, [], Context())
+    assert s.rule == "other-processes" and s.saving_bytes == 15 * GiB
+    assert "pid 4242 (python3) 10.00 GiB" in s.evidence
+    assert "1 process(es) this container cannot see" in s.evidence
+    assert "--limit 58GiB" in s.code
+
+
+def test_near_limit_computes_the_batch_size_that_fits_from_two_measured_sizes():
+    fit = "history = model.fit(x, y, batch_size={}, epochs=1)"
+    limit = 3584 * MiB
+    history = [record(peak={"torch": 1024 * MiB}, source=fit.format(64), limit=limit),
+               record(peak={"torch": 1792 * MiB}, source=fit.format(128), limit=limit)]
+    cell = record(peak={"torch": 3328 * MiB}, source=fit.format(256), limit=limit)
+    [s] = advise(cell, history, Context())
+    # 12 MiB per sample and 256 MiB fixed: (0.9 * 3584 - 256) / 12 = 247 samples fit.
+    assert s.rule == "near-limit" and "batch_size=247" in s.code
+    assert "12.00 MiB per sample" in s.evidence and "93 % of the limit" in s.title
+
+
+def test_mixed_precision_for_a_float32_model_whose_activations_dominate():
+    cell = record(peak={"jax": GiB}, before={"jax": 30 * MiB}, after={"jax": 30 * MiB})
+    ctx = Context(dtype_policy="float32", keras_weights_bytes=10 * MiB,
+                  keras_optimizer_bytes=20 * MiB)
+    [s] = advise(cell, [], ctx)
+    assert s.rule == "mixed-precision" and s.saving_bytes == (GiB - 40 * MiB) // 2
+    assert "mixed_float16" in s.code
+    assert advise(cell, [], Context(dtype_policy="mixed_float16", keras_weights_bytes=10 * MiB)) == []
+
+
+def test_the_same_cell_leaking_on_every_run_names_the_loop_pattern():
+    source = "for batch in batches:\n    preds.append(model.predict(batch))"
+    runs = [record(peak={"jax": GiB}, before={"jax": i * 100 * MiB},
+                   after={"jax": (i + 1) * 100 * MiB}, source=source) for i in range(3)]
+    ctx = Context(live_objects=lambda: [LiveObject("preds", "list of 30 (jax array)", 300 * MiB)])
+    suggestions = advise(runs[2], runs[:2], ctx)
+    assert "regrowth" in rules(suggestions)
+    s = next(s for s in suggestions if s.rule == "regrowth")
+    assert s.title == "predict() in a loop grows memory"
+    assert "training=False" in s.code and "3 runs" in s.evidence
+
+
+def test_models_built_in_a_loop_get_clear_session_advice():
+    source = "for units in [64, 128]:\n    model = keras.Sequential([keras.layers.Dense(units)])"
+    runs = [record(peak={"jax": GiB}, before={"jax": 0}, after={"jax": 64 * MiB}, source=source)
+            for _ in range(2)]
+    s = next(s for s in advise(runs[1], runs[:1], Context()) if s.rule == "regrowth")
+    assert "clear_session()" in s.code and "loop" in s.title
+
+
+# --------------------------------------------------------------------------- real scenarios
+@pytest.mark.tensorflow
+def test_real_cells_on_tensorflow_left_behind_regrowth_and_out_of_memory(fresh):
+    pytest.importorskip("tensorflow")
+    result = fresh("""
+        ip.run_line_magic("load_ext", "kmem_magic")
+        cell("import numpy as np, keras, weakref\\n"
+             "model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1024)])\\n"
+             "x = np.ones((8192, 256), 'float32')\\npreds = []")
+        magics = ip.magics_manager.registry["GpuMem"]
+        # 1. a displayed result stays alive in Out[]
+        cell("%%gpumem --quiet\\nkeras.ops.ones((64, 1024, 1024))")
+        RESULT["shown"] = [s["rule"] for s in magics.history[-1].suggestions]
+        RESULT["shown_evidence"] = " ".join(s["evidence"] for s in magics.history[-1].suggestions)
+        cell("%reset -f out")
+        # 2. predict in a loop, run three times
+        loop = "%%gpumem --quiet\\nfor i in range(2):\\n    preds.append(model.predict(x, verbose=0))"
+        for _ in range(3):
+            cell(loop)
+        RESULT["loop"] = [s["title"] for s in magics.history[-1].suggestions]
+        # 3. out of memory: the cell fails, its frames are released, the next cell runs
+        r = cell("%%gpumem\\nimport tensorflow as tf\\ndef step():\\n"
+                 "    batch = np.ones(50 * 2**20 // 8)\\n    refs.append(weakref.ref(batch))\\n"
+                 "    return tf.zeros((2**40,))\\nrefs = []\\nstep()")
+        RESULT["oom_failed"] = not r.success
+        RESULT["oom_kind"] = magics.history[-1].error_kind
+        RESULT["oom_first"] = magics.history[-1].suggestions[0]["rule"]
+        import gc; gc.collect()
+        RESULT["batch_freed"] = ip.user_ns["refs"][0]() is None
+        r = cell("%%gpumem --quiet\\nmodel.predict(x[:8], verbose=0).shape")
+        RESULT["next_ok"] = r.success
+        cell("%gpumem history")
+    """)
+    assert "left-behind" in result["shown"] and "Out[" in result["shown_evidence"]
+    assert "predict() in a loop grows memory" in result["loop"]
+    assert result["oom_failed"] and result["oom_kind"] == "oom"
+    assert result["oom_first"] == "out-of-memory"
+    assert result["batch_freed"], "the failed cell's locals were released"
+    assert result["next_ok"]
+    assert "Out of memory (ResourceExhaustedError)" in result["_stdout"]
+    assert "predict() in a loop grows memory" in result["_stdout"], "%gpumem history lists it"
