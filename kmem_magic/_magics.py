@@ -325,8 +325,6 @@ class GpuMem(Magics):
 
             image = png(record)
             text = record.summary()
-            if suggestions:
-                text += "\nsuggestions\n" + "\n".join(s.text() for s in suggestions)
             if panel is not None:
                 panel.finish(record, image, [s.html() for s in suggestions], text=text)
                 return

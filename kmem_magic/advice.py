@@ -33,12 +33,6 @@ class Suggestion:
     saving_bytes: Optional[int] = None
     saving_kind: str = "estimated"  # "measured" or "estimated"
 
-    def text(self) -> str:
-        saving = (f" (saves about {format_bytes(self.saving_bytes)}, {self.saving_kind})"
-                  if self.saving_bytes else "")
-        code = "\n".join("      " + line for line in self.code.splitlines())
-        return f"  * {self.title}{saving}\n    {self.evidence}\n{code}"
-
     def html(self) -> str:
         saving = (f" <small>(saves about {format_bytes(self.saving_bytes)}, {self.saving_kind})"
                   "</small>" if self.saving_bytes else "")
@@ -233,7 +227,8 @@ def mixed_precision(record: CellRecord, history: Sequence[CellRecord], ctx: Cont
             continue
         fixed = 2 * ctx.keras_weights_bytes + ctx.keras_optimizer_bytes  # weights, grads, slots
         activations = alloc[1] - fixed
-        if activations < max(64 * MiB, 0.5 * alloc[1]):
+        # Small activations are mostly XLA/cuDNN workspace, which the dtype hardly changes.
+        if activations < max(256 * MiB, 0.5 * alloc[1]):
             continue
         return Suggestion(
             "mixed-precision", "Activations dominate: mixed precision would roughly halve them",

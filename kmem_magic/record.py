@@ -191,6 +191,14 @@ class CellRecord:
             lines.append(f"no GPU: {self.gpu_note}; host memory only")
         lines.append("host")
         lines += _figure_lines(self.host)
+        if self.suggestions:
+            lines.append("suggestions")
+            for s in self.suggestions:
+                saving = (f" (saves about {format_bytes(s['saving_bytes'])}, {s['saving_kind']})"
+                          if s.get("saving_bytes") else "")
+                lines.append(f"  * {s['title']}{saving}")
+                lines.append(f"    {s['evidence']}")
+                lines += [f"      {line}" for line in s["code"].splitlines()]
         return "\n".join(lines)
 
     def headline(self) -> tuple:
