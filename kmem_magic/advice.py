@@ -136,10 +136,11 @@ def left_behind(record: CellRecord, history: Sequence[CellRecord], ctx: Context)
     if left is None or left[0] < 128 * MiB:
         return None
     delta, where = left
-    holders = ctx.live
+    # Only what could explain a real part of it: not the 1 MiB training data next to 2 GiB.
+    holders = [h for h in ctx.live if h.bytes >= 0.1 * delta]
     forgotten = [h for h in holders
                  if h.name.startswith("Out[") or h.name in ("_", "__", "___", "the last traceback")]
-    accounted = sum(h.bytes for h in holders)
+    accounted = sum(h.bytes for h in ctx.live)
     if not forgotten and accounted >= 0.5 * delta:
         return None  # what stayed is what the user's variables hold, on purpose
     lines = []

@@ -1,9 +1,14 @@
-"""The demo: a small Keras model trained under ``%%gpumem`` in a real IPython shell.
+"""The demo: a small Keras model trained under ``%%gpumem``.
 
 Run ``python -m kmem_magic.demo [--out DIR]``. It needs no GPU and no download: the data are
 random numbers, the model is a small MLP, and it runs on whatever Keras backend is configured
-(``KERAS_BACKEND``), on the GPU where there is one. It writes the cell's report (text), its plot
-(PNG), its record (JSON) and its timeline (CSV) to ``DIR`` and prints where they are.
+(``KERAS_BACKEND``), on the GPU where there is one.
+
+From a checkout it executes ``notebooks/quickstart.ipynb`` headless in a real Jupyter kernel and
+writes the executed notebook (with the panel's widget state and PNG fallbacks) and a static HTML
+page of it to ``DIR``. With ``--shell`` (or without the notebook, e.g. from a wheel) it runs the
+same training in an IPython shell and writes the cell's report (text), plot (PNG), record (JSON)
+and timeline (CSV). Either way it prints where the files are.
 """
 
 from __future__ import annotations
@@ -36,10 +41,71 @@ f"final loss {history.history['loss'][-1]:.3f}"
 """
 
 
+QUICKSTART = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "notebooks", "quickstart.ipynb")
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kmem_magic.demo", description=__doc__.split("\n")[0])
-    parser.add_argument("--out", default="demo-output", help="folder for the files (default: %(default)s)")
+    parser = argparse.ArgumentParser(prog="python -m kmem_magic.demo",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="demo-output",
+                        help="folder for the files (default: %(default)s)")
+    parser.add_argument("--notebook", default=QUICKSTART, help="notebook to execute")
+    parser.add_argument("--shell", action="store_true",
+                        help="run in an IPython shell instead of executing the notebook")
     args = parser.parse_args(argv)
+    if not args.shell and os.path.exists(args.notebook):
+        return run_notebook(args.notebook, args.out)
+    return run_shell(args.out)
+
+
+def run_notebook(path: str, out: str) -> int:
+    """Execute the notebook in a fresh kernel; write it executed, and as static HTML."""
+    import copy
+
+    import nbformat
+    from nbclient import NotebookClient
+    from nbclient.exceptions import CellExecutionError
+    from nbconvert import HTMLExporter
+
+    os.makedirs(out, exist_ok=True)
+    nb = nbformat.read(path, as_version=4)
+    name = os.path.splitext(os.path.basename(path))[0]
+    print(f">>> executing {path} in a fresh Jupyter kernel "
+          f"(keras backend: {os.environ.get('KERAS_BACKEND', 'tensorflow (default)')})")
+    client = NotebookClient(nb, timeout=1200, kernel_name="python3",
+                            resources={"metadata": {"path": os.path.abspath(out)}})
+    failed = None
+    try:
+        client.execute()
+    except CellExecutionError as error:
+        failed = error
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "stream" and "%%gpumem" in output.get("text", ""):
+                print(output["text"].rstrip())
+            elif "text/plain" in output.get("data", {}) and "%%gpumem" in output["data"]["text/plain"]:
+                print(output["data"]["text/plain"])
+    executed = os.path.join(out, f"{name}.ipynb")
+    nbformat.write(nb, executed)
+    # The HTML page is static: without a kernel the widgets are dead, so it shows the PNG
+    # fallback of each panel instead of the widget view.
+    static = copy.deepcopy(nb)
+    static.metadata.pop("widgets", None)
+    page, _ = HTMLExporter().from_notebook_node(static)
+    html_path = os.path.join(out, f"{name}.html")
+    with open(html_path, "w", encoding="utf-8") as handle:
+        handle.write(page)
+    print(f"\nwrote {os.path.abspath(executed)} (with the panels' widget state)")
+    print(f"wrote {os.path.abspath(html_path)} (static page: the panels' PNG)")
+    if failed is not None:
+        print(f"the notebook failed: {failed}")
+        return 1
+    return 0
+
+
+def run_shell(out_dir: str) -> int:
+    """The same training in an in-process IPython shell; writes text, PNG, JSON and CSV."""
     from IPython.core.interactiveshell import InteractiveShell
 
     from .plot import png
@@ -54,7 +120,7 @@ def main(argv=None) -> int:
     if not result.success:
         return 1
     record = shell.magics_manager.registry["GpuMem"].history[-1]
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(out_dir, exist_ok=True)
     files = {
         "summary.txt": record.summary() + "\n",
         "memory.png": png(record),
@@ -63,9 +129,9 @@ def main(argv=None) -> int:
     }
     for name, content in files.items():
         mode = "wb" if isinstance(content, bytes) else "w"
-        with open(os.path.join(args.out, name), mode) as handle:
+        with open(os.path.join(out_dir, name), mode) as handle:
             handle.write(content)
-    print(f"\nwrote {', '.join(files)} to {os.path.abspath(args.out)}")
+    print(f"\nwrote {', '.join(files)} to {os.path.abspath(out_dir)}")
     return 0
 
 

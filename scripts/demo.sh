@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# The demo: installs kmem_magic with Keras and CPU TensorFlow into .venv (once), then trains a
-# small Keras model under %%gpumem and writes its report, plot, record and timeline to
-# demo-output/ (or the folder given with --out). Uses the GPU where there is one.
+# The demo: installs kmem_magic with Keras, CPU TensorFlow and Jupyter into .venv (once), then
+# executes notebooks/quickstart.ipynb headless (a small Keras model trained under %%gpumem) and
+# writes the executed notebook and its HTML page to demo-output/ (or --out DIR).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-make_venv .venv -e ".[cpu]"
+make_venv .venv -e ".[demo]"
 exec .venv/bin/python -m kmem_magic.demo "$@"
