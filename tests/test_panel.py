@@ -99,3 +99,38 @@ def test_clear_keras_session_reports_what_was_freed_per_source(fresh):
     assert "host RSS:" in result["message"] and "freed" in result["message"]
     assert "dtype policy is reset" in result["message"]
     assert result["policy"] == "float32", "what the message warns about really happens"
+
+
+def test_colab_gets_its_widget_manager_before_the_first_display(fake_nvml, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    output = types.ModuleType("google.colab.output")
+    output.enable_custom_widget_manager = lambda: calls.append("enabled")
+    colab = types.ModuleType("google.colab")
+    colab.output = output
+    google = types.ModuleType("google")
+    google.colab = colab
+    for name, module in (("google", google), ("google.colab", colab),
+                         ("google.colab.output", output)):
+        monkeypatch.setitem(sys.modules, name, module)
+    fake_nvml([gpu(0)])
+    shown = []
+    import IPython.display
+
+    monkeypatch.setattr(IPython.display, "display",
+                        lambda *a, **k: shown.append(list(calls)) or None)
+    Panel("t", _nvml.devices(), [None]).show()
+    assert shown == [["enabled"]], "enabled first, then displayed"
+
+
+def test_one_small_plot_per_gpu_when_there_are_several(fake_nvml):
+    from kmem_magic.plot import svg
+
+    fake_nvml([gpu(0), gpu(1, name="NVIDIA A100-SXM4-40GB", total=40 * 2**30)])
+    m = Measurement(interval_s=0.01).start()
+    record = m.finish()
+    picture = svg(record.timeline, _nvml.devices(), [None, None], record.wall_s)
+    assert "GPU 0 (of 80.00 GiB)" in picture and "GPU 1 (of 40.00 GiB)" in picture
+    assert "host RSS" in picture
