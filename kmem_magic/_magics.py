@@ -27,7 +27,7 @@ from .backends import is_oom
 from .live import keras_state, scan
 from .measure import Measurement, measure_now
 from .panel import Actions, Panel, widgets_available
-from .policy import MODES, Configurator, Policy
+from .policy import Configurator, Policy
 from .record import CellRecord, history_csv, label
 from .units import format_bytes, parse_limit
 
@@ -346,7 +346,7 @@ class GpuMem(Magics):
             return "no cell measured yet: run one with %%gpumem"
         lines = [f"{'cell':<9} {'wall':>8}  {'peak':<36} {'left behind':>13}  suggestions"]
         for record in self.history:
-            peak, source, left = record.headline()
+            peak, source, _, left = record.headline()
             lines.append(
                 f"{record.name:<9} {record.wall_s:>7.2f}s  "
                 f"{format_bytes(peak.bytes) + ' (' + label(source) + ')':<36} "
@@ -402,4 +402,4 @@ class GpuMem(Magics):
         return "\n".join(lines)
 
 
-__all__ = ["GpuMem", "MODES"]
+__all__ = ["GpuMem"]

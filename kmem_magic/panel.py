@@ -102,7 +102,7 @@ class Panel:
         """Switch to the final view and update the displayed bundle in place (main thread)."""
         self.record = record
         with self.widget.hold_sync():
-            self.header.value = _header(_title(record), self.devices, self.limits)
+            self.header.value = _header(html.escape(record.title()), self.devices, self.limits)
             self.curves.layout.display = "none"
             self.image.value = png
             self.image.layout.display = None
@@ -204,16 +204,6 @@ class Actions:
 
 
 # --------------------------------------------------------------------------- text pieces
-def _title(record: CellRecord) -> str:
-    title = f"%%gpumem {record.name} · {record.wall_s:.2f} s"
-    if record.backend:
-        title += f" · keras {record.backend}"
-    title += f" · policy {record.policy}"
-    if record.error_kind:
-        title += f" · <b style='color:#c00'>{record.error_kind}: {html.escape(record.error or '')}</b>"
-    return title
-
-
 def _header(title: str, devices: Sequence, limits: Sequence[Optional[int]]) -> str:
     parts = [f"<b>{title}</b>"]
     for device, limit in zip(devices, limits or [None] * len(devices)):

@@ -40,13 +40,7 @@ def figure(record: CellRecord, width_in: float = 8.0):
                         hspace=0.45)
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
-    title = f"%%gpumem {record.name} · {record.wall_s:.2f} s"
-    if record.backend:
-        title += f" · keras {record.backend}"
-    title += f" · policy {record.policy}"
-    if record.error_kind:
-        title += f" · {record.error_kind}: {record.error}"
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(record.title(), fontsize=10)
     for ax, device in zip(axes, record.devices):
         figures = record.gpu.get(device.index, Figures())
         top = axis_top(record, figures, device.total_bytes, device.limit_bytes)

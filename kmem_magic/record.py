@@ -201,22 +201,20 @@ class CellRecord:
                 lines += [f"      {line}" for line in s["code"].splitlines()]
         return "\n".join(lines)
 
-    def headline(self) -> tuple:
-        """``(peak, source, left behind)`` of the figure that best sums up the cell: the
-        largest exact allocator peak on a GPU, else a sampled GPU one, else host RSS."""
-        best = None
-        for device in self.devices:
-            for source, peak in self.gpu.get(device.index, Figures()).peak.items():
-                rank = (peak.exact, source not in ("device", "process"), peak.bytes or 0)
-                if peak.bytes is not None and (best is None or rank > best[0]):
-                    best = (rank, device.index, source, peak)
-        if best is None:
-            return self.host.peak.get("host", Peak(None, False)), "host", self.left_behind("host")
-        _, index, source, peak = best
-        return peak, source, self.left_behind(source, index)
+    def title(self) -> str:
+        """``%%gpumem cell-3 · 2.10 s · keras jax · policy growth`` (and the error, if any)."""
+        title = f"%%gpumem {self.name} · {self.wall_s:.2f} s"
+        if self.backend:
+            title += f" · keras {self.backend}"
+        title += f" · policy {self.policy}"
+        if self.error_kind:
+            title += f" · {self.error_kind}: {self.error}"
+        return title
 
-    def one_line(self) -> str:
-        """A single line: the largest exact peak (or sampled, if none), left behind, time."""
+    def headline(self) -> tuple:
+        """``(peak, source, device, left behind)`` of the figure that best sums up the cell:
+        the largest exact allocator peak on a GPU, else a sampled GPU one, else host RSS
+        (``device`` None)."""
         best = None
         for device in self.devices:
             for source, peak in self.gpu.get(device.index, Figures()).peak.items():
@@ -225,11 +223,14 @@ class CellRecord:
                     best = (rank, device.index, source, peak)
         if best is None:
             peak = self.host.peak.get("host", Peak(None, False))
-            where, source = "host", "host"
-        else:
-            _, index, source, peak = best
-            where = f"GPU {index}"
-        left = self.left_behind(source, None if where == "host" else best[1])
+            return peak, "host", None, self.left_behind("host")
+        _, index, source, peak = best
+        return peak, source, index, self.left_behind(source, index)
+
+    def one_line(self) -> str:
+        """A single line: the largest exact peak (or sampled, if none), left behind, time."""
+        peak, source, device, left = self.headline()
+        where = "host" if device is None else f"GPU {device}"
         return (
             f"%%gpumem {self.name}: peak {format_bytes(peak.bytes)} ({label(source)}, {where}), "
             f"left behind {format_bytes(left, signed=True)}, {self.wall_s:.2f} s"

@@ -21,6 +21,7 @@ import importlib.util
 import sys
 from typing import Any, Dict, List, Optional
 
+from ..policy import Report
 from ..record import Peak
 
 
@@ -44,7 +45,15 @@ class Backend:
     def is_initialized(self) -> bool:
         raise NotImplementedError
 
-    def configure(self, policy, configurator, devices) -> Any:
+    def configure(self, policy, configurator, devices) -> Report:
+        """Apply ``policy`` if the framework is installed and a policy is asked for."""
+        if not self.is_installed():
+            return Report(self.name, "not-installed", "not installed")
+        if policy.mode == "none":
+            return Report(self.name, "nothing", "left as it is (measure only)")
+        return self._configure(policy, configurator, devices)
+
+    def _configure(self, policy, configurator, devices) -> Report:
         raise NotImplementedError
 
     def allocator_in_use(self) -> Dict[int, int]:

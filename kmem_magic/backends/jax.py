@@ -52,11 +52,7 @@ class Jax(Backend):
                 return []
         return self._devices
 
-    def configure(self, policy, configurator, devices) -> Report:
-        if not self.is_installed():
-            return Report(self.name, "not-installed", "not installed")
-        if policy.mode == "none":
-            return Report(self.name, "nothing", "left as it is (measure only)")
+    def _configure(self, policy, configurator, devices) -> Report:
         if self.is_initialized():
             if not self._gpu_devices():
                 return Report(self.name, "nothing", "already started, on the CPU only")

@@ -42,11 +42,7 @@ class TensorFlow(Backend):
 
         return tf.config.list_physical_devices("GPU")  # does not start the runtime
 
-    def configure(self, policy, configurator, devices) -> Report:
-        if not self.is_installed():
-            return Report(self.name, "not-installed", "not installed")
-        if policy.mode == "none":
-            return Report(self.name, "nothing", "left as it is (measure only)")
+    def _configure(self, policy, configurator, devices) -> Report:
         if self.is_initialized():
             return self._too_late(policy)
         set_by_kmem, env_text = configurator.env.offer(GROWTH_ENV, "true")

@@ -46,11 +46,7 @@ class Torch(Backend):
         cuda = getattr(torch, "cuda", None)
         return bool(cuda is not None and cuda.is_initialized())
 
-    def configure(self, policy, configurator, devices) -> Report:
-        if not self.is_installed():
-            return Report(self.name, "not-installed", "not installed")
-        if policy.mode == "none":
-            return Report(self.name, "nothing", "left as it is (measure only)")
+    def _configure(self, policy, configurator, devices) -> Report:
         env_name = alloc_conf_env()
         if self.is_initialized():
             segments = "expandable segments no longer possible (CUDA already started)"
