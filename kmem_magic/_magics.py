@@ -252,11 +252,20 @@ class GpuMem(Magics):
                 traceback.clear_frames(raised.__traceback__)
             raise
         finally:
+            self._conclude(measurement, error, value, args.quiet, panel)
+
+    def _conclude(self, measurement: Measurement, error, value, quiet: bool,
+                  panel: Optional[Panel]) -> None:
+        """Stop measuring, advise, remember and show; never raises into the user's cell."""
+        try:
             record = measurement.finish(error)
-            suggestions = self._advise(record, value)
-            record.suggestions = [s.to_dict() for s in suggestions]
-            self._remember(record)
-            self._show(record, quiet=args.quiet, panel=panel, suggestions=suggestions)
+        except Exception as failure:  # a kmem bug must not replace the cell's own outcome
+            print(f"kmem_magic: the measurement failed ({failure!r}); the cell itself ran as usual")
+            return
+        suggestions = self._advise(record, value)
+        record.suggestions = [s.to_dict() for s in suggestions]
+        self._remember(record)
+        self._show(record, quiet=quiet, panel=panel, suggestions=suggestions)
 
     def _cell_number(self) -> Optional[int]:
         """The In[] number of the running cell (IPython 7 and 9 count at different moments)."""

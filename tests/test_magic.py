@@ -136,3 +136,23 @@ def test_history_keeps_every_measured_cell(ip):
     run(ip, "%%gpumem --quiet\na = 1")
     run(ip, "%%gpumem --quiet\nb = 2")
     assert len(registry.history) == before + 2
+
+
+def test_a_failure_inside_kmem_never_replaces_the_cells_own_outcome(ip, monkeypatch, capsys):
+    from kmem_magic import measure
+
+    real, calls = measure._snapshot, []
+
+    def broken_at_the_end(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("injected fault")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(measure, "_snapshot", broken_at_the_end)
+    result = run(ip, "%%gpumem\nanswer = 41 + 1\nanswer")
+    assert result.success and result.result == 42
+    assert "the measurement failed (RuntimeError('injected fault'))" in capsys.readouterr().out
+    calls.clear()
+    result = run(ip, "%%gpumem\nraise KeyError('mine')")
+    assert isinstance(result.error_in_exec, KeyError), "the user's error, not kmem's"
