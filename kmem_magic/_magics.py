@@ -169,6 +169,11 @@ class GpuMem(Magics):
     @magic_arguments.argument(
         "--no-live", action="store_true", help="cell magic: no live curves, only the final view"
     )
+    @magic_arguments.argument(
+        "--compare", metavar="POLICY", choices=["mixed_float16", "mixed_bfloat16"],
+        help="cell magic: after the cell, run its training a few steps under the current dtype "
+        "policy and under POLICY, on clones of your models, and report the measured saving",
+    )
     @line_cell_magic
     def gpumem(self, line: str = "", cell: Optional[str] = None) -> Any:
         """Set the memory policy (line) or measure the GPU memory of a cell (cell).
@@ -189,9 +194,9 @@ class GpuMem(Magics):
             raise UsageError(f"%gpumem: unexpected argument {args.path!r}")
         if cell is not None and args.command:
             raise UsageError(f"%%gpumem: '{args.command}' is a line magic: use %gpumem {args.command}")
-        if cell is None and (args.interval or args.quiet or args.no_live):
-            raise UsageError("%gpumem: --interval, --quiet and --no-live apply to the cell magic "
-                             "%%gpumem")
+        if cell is None and (args.interval or args.quiet or args.no_live or args.compare):
+            raise UsageError("%gpumem: --interval, --quiet, --no-live and --compare apply to the "
+                             "cell magic %%gpumem")
         # Compile first: a cell with a syntax error changes nothing, not even the policy.
         code = self._compile(line, cell) if cell is not None else None
         policy = None
@@ -252,10 +257,10 @@ class GpuMem(Magics):
                 traceback.clear_frames(raised.__traceback__)
             raise
         finally:
-            self._conclude(measurement, error, value, args.quiet, panel)
+            self._conclude(measurement, error, value, args, panel, code)
 
-    def _conclude(self, measurement: Measurement, error, value, quiet: bool,
-                  panel: Optional[Panel]) -> None:
+    def _conclude(self, measurement: Measurement, error, value, args,
+                  panel: Optional[Panel], code) -> None:
         """Stop measuring, advise, remember and show; never raises into the user's cell."""
         try:
             record = measurement.finish(error)
@@ -263,9 +268,27 @@ class GpuMem(Magics):
             print(f"kmem_magic: the measurement failed ({failure!r}); the cell itself ran as usual")
             return
         suggestions = self._advise(record, value)
+        if args.compare and error is None:
+            suggestions = self._compare(code, args) + suggestions
         record.suggestions = [s.to_dict() for s in suggestions]
         self._remember(record)
-        self._show(record, quiet=quiet, panel=panel, suggestions=suggestions)
+        self._show(record, quiet=args.quiet, panel=panel, suggestions=suggestions)
+
+    def _compare(self, code, args) -> list:
+        """``--compare``: the measured saving of another dtype policy, as a suggestion."""
+        from .compare import CompareError, compare
+
+        try:
+            _, suggestion, line = compare(code, self.shell.user_ns, args.compare,
+                                          interval_s=args.interval or self.interval)
+        except CompareError as error:
+            print(f"kmem_magic: --compare: {error}")
+            return []
+        except Exception as error:  # never let the comparison hide the cell's own result
+            print(f"kmem_magic: --compare failed: {error!r}")
+            return []
+        print(line)
+        return [suggestion] if suggestion is not None else []
 
     def _cell_number(self) -> Optional[int]:
         """The In[] number of the running cell (IPython 7 and 9 count at different moments)."""

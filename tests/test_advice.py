@@ -166,3 +166,37 @@ def test_real_cells_on_tensorflow_left_behind_regrowth_and_out_of_memory(fresh):
     assert result["next_ok"]
     assert "Out of memory (ResourceExhaustedError)" in result["_stdout"]
     assert "predict() in a loop grows memory" in result["_stdout"], "%gpumem history lists it"
+
+
+@pytest.mark.tensorflow
+def test_compare_measures_both_policies_on_clones_and_touches_nothing_of_the_user(fresh):
+    pytest.importorskip("tensorflow")
+    result = fresh("""
+        ip.run_line_magic("load_ext", "kmem_magic")
+        cell("import numpy as np, keras\\n"
+             "x = np.random.rand(1024, 256).astype('float32'); y = np.random.randint(0, 10, 1024)\\n"
+             "model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1024, activation='relu'),"
+             " keras.layers.Dense(10)])\\n"
+             "model.compile('adam', keras.losses.SparseCategoricalCrossentropy(from_logits=True))")
+        r = cell("%%gpumem --compare mixed_float16 --quiet\\n"
+                 "history = model.fit(x, y, batch_size=128, epochs=1, verbose=0)")
+        import keras
+        RESULT["ok"] = r.success
+        RESULT["steps"] = int(ip.user_ns["model"].optimizer.iterations)
+        RESULT["history_model"] = ip.user_ns["history"].model is ip.user_ns["model"]
+        RESULT["policy"] = keras.config.dtype_policy().name
+        RESULT["max_steps"] = keras.config.max_steps_per_epoch()
+        RESULT["user_dtype"] = ip.user_ns["model"].layers[0].dtype_policy.name
+        r = cell("%%gpumem --compare mixed_float16 --quiet\\nclass Sub(keras.Model):\\n"
+                 "    def call(self, x):\\n        return x\\nsub = Sub()")
+        RESULT["sub_ok"] = r.success
+    """)
+    assert result["ok"]
+    assert "--compare (5 steps, host RSS): float32 needed" in result["_stdout"]
+    assert "mixed_float16" in result["_stdout"]
+    assert result["steps"] == 8, "the 8 real steps only: comparison runs trained clones"
+    assert result["history_model"], "the user's variables come from the real run"
+    assert result["policy"] == "float32" and result["max_steps"] is None, "settings restored"
+    assert result["user_dtype"] == "float32"
+    assert result["sub_ok"]
+    assert "--compare needs Sequential or functional models" in result["_stdout"]

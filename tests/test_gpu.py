@@ -161,3 +161,32 @@ def test_a_framework_started_before_load_gets_the_exact_fix(fresh):
     line = next(l for l in result["_stdout"].splitlines() if l.strip().startswith(BACKEND))
     assert "already started before kmem_magic was loaded" in line
     assert "Fix: restart the kernel and run %load_ext kmem_magic" in line
+
+
+CONVNET = """
+import numpy as np, keras
+x = np.random.rand(4096, 64, 64, 3).astype("float32")
+y = np.random.randint(0, 10, 4096)
+model = keras.Sequential([keras.Input((64, 64, 3)),
+                          keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+                          keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+                          keras.layers.MaxPooling2D(), keras.layers.Conv2D(128, 3, activation="relu"),
+                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(10)])
+model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+"""
+
+
+def test_mixed_precision_saving_is_measured_on_a_small_convnet(fresh):
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        f"cell({CONVNET!r})",
+        'r = cell("%%gpumem --compare mixed_float16\\nmodel.fit(x, y, batch_size=256, epochs=1, '
+        'verbose=0)\\nNone")',
+        'RESULT["ok"] = r.success',
+        'RESULT["advice"] = ip.magics_manager.registry["GpuMem"].history[-1].suggestions',
+    ), env={"KERAS_BACKEND": BACKEND})
+    line = next(l for l in result["_stdout"].splitlines() if l.startswith("--compare"))
+    print(line)
+    assert result["ok"] and "(5 steps, allocator)" in line
+    measured = [s for s in result["advice"] if s["rule"] == "mixed-precision-measured"]
+    assert measured and measured[0]["saving_bytes"] > 0 and measured[0]["saving_kind"] == "measured"
