@@ -9,7 +9,7 @@ is in place. Importing this package is cheap: no framework, NVML, matplotlib or 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_ipython_extension", "unload_ipython_extension", "__version__"]
+__all__ = ["load_ipython_extension", "unload_ipython_extension", "MemoryCallback", "__version__"]
 
 _LOADED: dict = {}
 
@@ -39,3 +39,12 @@ def unload_ipython_extension(ipython) -> None:
     manager.registry.pop(type(magics).__name__, None)
     if magics in ipython.configurables:
         ipython.configurables.remove(magics)
+
+
+def __getattr__(name: str):
+    """``kmem_magic.MemoryCallback``, imported (with Keras) only when first used."""
+    if name == "MemoryCallback":
+        from .keras import MemoryCallback
+
+        return MemoryCallback
+    raise AttributeError(f"module 'kmem_magic' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import time
+import weakref
 
 import psutil
 from typing import Callable, Dict, Optional
@@ -48,6 +49,7 @@ class Measurement:
         self.sampler: Optional[Sampler] = None
 
     def start(self) -> "Measurement":
+        global _current
         self.devices = _nvml.devices()
         self.gpu_note = _nvml.unavailable_reason()
         self.started_at = datetime.datetime.now().isoformat(timespec="seconds")
@@ -58,10 +60,14 @@ class Measurement:
         self.sampler = Sampler(
             self.devices, backends.BACKENDS, self.interval_s, on_sample=self.on_sample
         ).start()
+        _current = weakref.ref(self)
         return self
 
     def finish(self, error: Optional[BaseException] = None) -> CellRecord:
         """Stop sampling and build the record; ``error`` is what the code raised, if anything."""
+        global _current
+        if _current is not None and _current() is self:
+            _current = None
         timeline = self.sampler.stop()
         wall_s = time.perf_counter() - self._t0
         others: Dict = {}
@@ -119,6 +125,16 @@ class Measurement:
             source=self.source,
             others=others,
         )
+
+
+_current: Optional["weakref.ref[Measurement]"] = None
+
+
+def mark(text: str) -> None:
+    """Put ``text`` on the time axis of the cell being measured, if one is (else nothing)."""
+    running = _current() if _current is not None else None
+    if running is not None and running.sampler is not None:
+        running.sampler.timeline.marks.append([time.perf_counter() - running.sampler.t0, text])
 
 
 def _snapshot(devices, others: Optional[Dict] = None) -> Dict:

@@ -71,6 +71,11 @@ def figure(record: CellRecord, width_in: float = 8.0):
     note = f" (no GPU: {record.gpu_note})" if record.gpu_note else ""
     host_ax.set_title(f"host RAM{note}", fontsize=9, loc="left")
     host_ax.legend(fontsize=7, loc="upper left")
+    for when, text in record.timeline.marks[:40]:  # e.g. epochs, from a MemoryCallback
+        for ax in axes:
+            ax.axvline(when, color="#999", lw=0.6, ls=":")
+        axes[0].annotate(text, (when, 1), xycoords=("data", "axes fraction"), fontsize=6,
+                         rotation=90, va="top", ha="right", color="#777")
     host_ax.set_xlabel("seconds since the cell started")
     host_ax.set_xlim(0, max(record.wall_s, 1e-3))
     return fig

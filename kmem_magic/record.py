@@ -87,6 +87,8 @@ class Timeline:
     """All curves of one cell, keyed by :attr:`Series.key`; times in seconds from the cell start."""
 
     series: Dict[str, Series] = field(default_factory=dict)
+    # Events on the time axis, e.g. ("epoch 2" at 3.1 s) from a MemoryCallback.
+    marks: List[list] = field(default_factory=list)
 
     def get(self, source: str, device: Optional[int] = None) -> Series:
         """The series for ``source`` on ``device``, created empty on first use."""
@@ -244,6 +246,7 @@ class CellRecord:
             key: {"source": s.source, "device": s.device, "t_s": s.t_s, "bytes": s.values}
             for key, s in self.timeline.series.items()
         }
+        data["marks"] = [list(m) for m in self.timeline.marks]
         return data
 
     def to_json(self) -> str:
@@ -258,7 +261,7 @@ class CellRecord:
             return Figures(dict(raw["before"]), dict(raw["after"]),
                            {k: Peak(**v) for k, v in raw["peak"].items()})
 
-        timeline = Timeline()
+        timeline = Timeline(marks=[list(m) for m in data.pop("marks", [])])
         for raw in data.pop("timeline").values():
             series = timeline.get(raw["source"], raw["device"])
             series.t_s, series.values = list(raw["t_s"]), list(raw["bytes"])

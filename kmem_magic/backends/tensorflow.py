@@ -13,7 +13,7 @@ once :meth:`TensorFlow.is_initialized` says the user's code has started it.
 from __future__ import annotations
 
 import sys
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from ..policy import Report, too_late
 from ..record import Peak
@@ -94,10 +94,16 @@ class TensorFlow(Backend):
         return Report(self.name, "too-late", too_late("tensorflow", what, f"{GROWTH_ENV}=true"))
 
     # ------------------------------------------------------------------ allocator counters
-    def _names(self) -> List[str]:
-        import tensorflow as tf
+    _gpu_names: Optional[List[str]] = None
 
-        return [d.name.split("device:")[-1] for d in tf.config.list_logical_devices("GPU")]
+    def _names(self) -> List[str]:
+        """``GPU:0``, ... of the started runtime (cached: they cannot change once it runs)."""
+        if self._gpu_names is None:
+            import tensorflow as tf
+
+            self._gpu_names = [d.name.split("device:")[-1]
+                               for d in tf.config.list_logical_devices("GPU")]
+        return self._gpu_names
 
     def allocator_in_use(self) -> Dict[int, int]:
         if not self.is_initialized():

@@ -1,0 +1,125 @@
+"""Keras-facing helpers: :class:`MemoryCallback` records memory per batch.
+
+>>> callback = MemoryCallback()                                      # doctest: +SKIP
+>>> model.fit(x, y, callbacks=[callback])                            # doctest: +SKIP
+>>> callback.history[-1]["allocator_bytes"], callback.plot()         # doctest: +SKIP
+
+Each row holds the time, the phase (train, test, predict), the batch index, the bytes the
+framework allocators have handed out (summed over GPUs; None before a framework has started or
+without a GPU), NVML's device memory used, and host RSS. Inside a ``%%gpumem`` cell the epochs are
+also marked on the panel's time axis.
+
+The hooks only read counters (tens of microseconds), never touch ``self.model`` (with JAX that
+forces a state sync), and are safe under Keras' asynchronous callback dispatch.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import time
+from typing import Any, Dict, List, Optional
+
+import psutil
+
+from . import _nvml, backends, measure
+
+try:  # the base class, when Keras is installed; importing kmem_magic.keras imports Keras
+    from keras.callbacks import Callback as _Base
+except ImportError:  # pragma: no cover - a clear error on use instead of on import
+    _Base = object
+
+
+class MemoryCallback(_Base):
+    """Records memory at the end of every ``every``-th batch of fit, evaluate and predict.
+
+    Use :meth:`record` in hand-written ``train_on_batch`` loops.
+    """
+
+    # Only counters are read: Keras may call the batch hooks from a worker thread.
+    async_safe = True
+
+    def __init__(self, every: int = 1) -> None:
+        if _Base is object:
+            raise ImportError("MemoryCallback needs Keras: pip install keras")
+        super().__init__()
+        if every < 1:
+            raise ValueError(f"every must be at least 1, not {every}")
+        self.every = every
+        self.history: List[Dict[str, Any]] = []
+        self._t0 = time.perf_counter()
+        self._devices = _nvml.devices()
+        self._process = psutil.Process()  # made once: creating one costs more than reading it
+
+    def record(self, phase: str = "train", batch: Optional[int] = None) -> Dict[str, Any]:
+        """Take one row now (for ``train_on_batch`` loops) and return it."""
+        allocated = None
+        for backend in backends.started():
+            in_use = backend.allocator_in_use()
+            if in_use:
+                allocated = (allocated or 0) + sum(in_use.values())
+        used = [_nvml.memory_used(d) for d in self._devices]
+        row = {
+            "t_s": time.perf_counter() - self._t0,
+            "phase": phase,
+            "batch": batch,
+            "allocator_bytes": allocated,
+            "device_used_bytes": None if not used or None in used else sum(used),
+            "host_rss_bytes": self._process.memory_info().rss,
+        }
+        self.history.append(row)
+        return row
+
+    def _batch(self, phase: str, batch: int) -> None:
+        if batch % self.every == 0:
+            self.record(phase, batch)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batch("train", batch)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._batch("test", batch)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        self._batch("predict", batch)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        measure.mark(f"epoch {epoch + 1}")
+
+    def peak(self, key: str = "allocator_bytes") -> Optional[int]:
+        """The highest value of ``key`` over the recorded batches (None if never known)."""
+        known = [row[key] for row in self.history if row[key] is not None]
+        return max(known) if known else None
+
+    def to_csv(self) -> str:
+        """The rows as CSV."""
+        out = io.StringIO()
+        fields = ["t_s", "phase", "batch", "allocator_bytes", "device_used_bytes",
+                  "host_rss_bytes"]
+        writer = csv.DictWriter(out, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.history)
+        return out.getvalue()
+
+    def plot(self):
+        """A matplotlib ``Figure`` of the recorded memory per batch."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        from .plot import COLORS
+
+        fig = Figure(figsize=(8, 3), dpi=90)
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        for key, source, name in (("allocator_bytes", "jax", "allocator in use"),
+                                  ("device_used_bytes", "device", "device used (NVML)"),
+                                  ("host_rss_bytes", "host", "host RSS")):
+            points = [(r["t_s"], r[key] / 2**20) for r in self.history if r[key] is not None]
+            if points:
+                t, v = zip(*points)
+                ax.plot(t, v, color=COLORS[source], lw=1.2, label=name)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("MiB")
+        ax.set_title(f"MemoryCallback: {len(self.history)} batches", fontsize=9, loc="left")
+        ax.legend(fontsize=7)
+        return fig

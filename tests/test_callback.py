@@ -1,0 +1,60 @@
+"""MemoryCallback with a real Keras fit (TensorFlow on the CPU; the GPU rows run on the GPU)."""
+
+import pytest
+
+pytestmark = pytest.mark.tensorflow
+
+
+def test_callback_records_every_batch_of_fit_evaluate_and_predict(fresh):
+    pytest.importorskip("tensorflow")
+    result = fresh("""
+        import numpy as np, keras
+        from kmem_magic import MemoryCallback
+        x = np.random.rand(640, 32).astype("float32"); y = np.random.randint(0, 4, 640)
+        model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(4)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        cb = MemoryCallback()
+        model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[cb])
+        model.evaluate(x, y, batch_size=128, verbose=0, callbacks=[cb])
+        model.predict(x, batch_size=320, verbose=0, callbacks=[cb])
+        every = MemoryCallback(every=5)
+        model.fit(x, y, batch_size=64, epochs=1, verbose=0, callbacks=[every])
+        for step in range(3):
+            model.train_on_batch(x[:64], y[:64])
+            cb.record("train_on_batch", step)
+        RESULT["phases"] = [r["phase"] for r in cb.history]
+        RESULT["host"] = all(r["host_rss_bytes"] > 0 for r in cb.history)
+        RESULT["allocator"] = [r["allocator_bytes"] for r in cb.history][:3]
+        RESULT["every"] = [r["batch"] for r in every.history]
+        RESULT["csv"] = cb.to_csv().splitlines()[0]
+        cb.plot().savefig("/dev/null", format="png")
+        try:
+            MemoryCallback(every=0)
+        except ValueError as error:
+            RESULT["bad"] = str(error)
+    """)
+    phases = result["phases"]
+    assert phases.count("train") == 20 and phases.count("test") == 5
+    assert phases.count("predict") == 2 and phases.count("train_on_batch") == 3
+    assert result["host"]
+    assert result["allocator"] == [None, None, None], "no GPU allocator here: unknown, not 0"
+    assert result["every"] == [0, 5]
+    assert result["csv"] == "t_s,phase,batch,allocator_bytes,device_used_bytes,host_rss_bytes"
+    assert "at least 1" in result["bad"]
+
+
+def test_epochs_are_marked_on_the_gpumem_time_axis(fresh):
+    pytest.importorskip("tensorflow")
+    result = fresh("""
+        ip.run_line_magic("load_ext", "kmem_magic")
+        cell("import numpy as np, keras\\nfrom kmem_magic import MemoryCallback\\n"
+             "x = np.random.rand(256, 8).astype('float32'); y = np.random.rand(256, 1)\\n"
+             "model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])\\n"
+             "model.compile('sgd', 'mse')")
+        cell("%%gpumem --quiet\\nmodel.fit(x, y, epochs=3, verbose=0, callbacks=[MemoryCallback()])")
+        record = ip.magics_manager.registry["GpuMem"].history[-1]
+        RESULT["marks"] = [m[1] for m in record.timeline.marks]
+        RESULT["ordered"] = [m[0] for m in record.timeline.marks] == sorted(m[0] for m in record.timeline.marks)
+    """)
+    assert result["marks"] == ["epoch 1", "epoch 2", "epoch 3"]
+    assert result["ordered"]
