@@ -40,3 +40,17 @@ def test_every_figure_is_labelled_with_its_source():
     assert "host RSS" in record.summary() and "exact" in record.summary()
     json.loads(record.to_json())
     assert Peak(None, False).bytes is None
+
+
+def test_importing_kmem_magic_is_cheap(fresh):
+    result = fresh("""
+        import sys
+        import kmem_magic
+        RESULT["heavy"] = sorted(m for m in ("tensorflow", "jax", "torch", "keras", "matplotlib",
+                                             "ipywidgets", "pynvml") if m in sys.modules)
+        kmem_magic.load_ipython_extension(ip)
+        RESULT["after_load"] = sorted(m for m in ("tensorflow", "jax", "torch", "keras",
+                                                  "matplotlib", "ipywidgets") if m in sys.modules)
+    """)
+    assert result["heavy"] == [], "no framework, NVML, matplotlib or ipywidgets at import"
+    assert result["after_load"] == [], "loading the extension starts or imports no framework"
