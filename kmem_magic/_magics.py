@@ -193,7 +193,8 @@ class GpuMem(Magics):
         if args.path and args.command != "export":
             raise UsageError(f"%gpumem: unexpected argument {args.path!r}")
         if cell is not None and args.command:
-            raise UsageError(f"%%gpumem: '{args.command}' is a line magic: use %gpumem {args.command}")
+            raise UsageError(f"%%gpumem: '{args.command}' is a line magic: "
+                             f"use %gpumem {args.command}")
         if cell is None and (args.interval or args.quiet or args.no_live or args.compare):
             raise UsageError("%gpumem: --interval, --quiet, --no-live and --compare apply to the "
                              "cell magic %%gpumem")
@@ -220,13 +221,14 @@ class GpuMem(Magics):
         __tracebackhide__ = True  # noqa: F841
         policy = self.configurator.policy or self.default_policy()
         interval = args.interval or self.interval
+        number = self._cell_number()
         panel = None
         if not args.quiet and widgets_available(self.shell):
             from . import _nvml
 
             devices = _nvml.devices()
             panel = Panel(
-                f"%%gpumem cell-{self._cell_number()} · policy {policy}",
+                f"%%gpumem cell-{number} · policy {policy}",
                 devices,
                 [policy.limit.bytes_of(d.total_bytes) if policy.limit else None for d in devices],
                 refresh_s=max(interval, self.refresh),
@@ -239,7 +241,7 @@ class GpuMem(Magics):
             policy=str(policy),
             limit=policy.limit,
             interval_s=interval,
-            execution_count=self._cell_number(),
+            execution_count=number,
             on_sample=panel.on_sample if panel is not None and panel.live else None,
             source=cell,
         )

@@ -13,13 +13,12 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional, Sequence
 
+from . import backends
 from .live import LiveObject
 from .record import CellRecord, Figures
 from .units import GiB, MiB, format_bytes
 
 FRAMEWORKS = ("tensorflow", "jax", "torch")
-FIX_ENV = {"jax": "XLA_PYTHON_CLIENT_PREALLOCATE=false", "tensorflow": "TF_FORCE_GPU_ALLOW_GROWTH=true",
-           "torch": "PYTORCH_ALLOC_CONF=expandable_segments:True"}
 
 
 @dataclass(frozen=True)
@@ -119,13 +118,14 @@ def preallocation(record: CellRecord, history: Sequence[CellRecord], ctx: Contex
             continue
         code = f"# restart the kernel first ({name} has started: its pool is fixed now), then:\n"
         code += f"%load_ext kmem_magic   # first cell, before anything imports {name}"
-        code += f"\n# or, before starting Jupyter: export {FIX_ENV[name]}"
+        code += f"\n# or, before starting Jupyter: export {backends.by_name(name).growth_env()}"
         return Suggestion(
             "preallocation",
             f"{name} holds {format_bytes(held)} of GPU {device.index} but needed at most "
             f"{format_bytes(peak)}",
             f"this process holds {format_bytes(held)} (NVML) while the {name} allocator's peak "
-            f"was {format_bytes(peak)}: the rest is a preallocated pool that other work cannot use.",
+            f"was {format_bytes(peak)}: the rest is a preallocated pool that other work "
+            "cannot use.",
             code, excess, "measured")
     return None
 
@@ -179,7 +179,8 @@ def regrowth(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
     if loop and re.search(r"keras\.(Sequential|Model)\(|\.clone_model\(|build_model\(", source) \
             and "clear_session" not in source:
         title = "Models built in a loop pile up in Keras' global state"
-        code = "for ...:\n    keras.utils.clear_session()   # first line of each iteration\n    model = ..."
+        code = ("for ...:\n    keras.utils.clear_session()   # first line of each iteration\n"
+                "    model = ...")
     elif loop and ".predict(" in source:
         title = "predict() in a loop grows memory"
         code = "y = model(x, training=False)     # or model.predict_on_batch(x), inside loops"

@@ -2,14 +2,15 @@
 
 After the cell has run for real, its code runs four more times for a few steps
 (``keras.config.set_max_steps_per_epoch``, one epoch), alternating the current global dtype
-policy and the other; each policy keeps its smaller figure. Both runs happen in a copy of the user's namespace in which every Keras
-model is replaced by an untrained clone built for that policy, so the user's models, weights and
-optimizer state are never touched. What is compared is the rise of the allocator's peak over
-what was in use before each run (host RSS where there is no GPU), which is the memory the
-training itself needed.
+policy and the other; each policy keeps its smaller figure. Every run happens in a copy of the
+user's namespace in which every Keras model is replaced by an untrained clone built for that
+policy, so the user's models, weights and optimizer state are never touched. What is compared is
+the rise of the allocator's peak over what was in use before each run (host RSS where there is
+no GPU), which is the memory the training itself needed.
 
 Limits: a cell with other side effects (writing files, appending to a list it did not create)
-repeats them four times; subclassed models cannot be cloned, so a cell that trains one is not compared.
+repeats them four times; subclassed models cannot be cloned, so a cell that trains one is not
+compared.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
-from .advice import Suggestion
+from .advice import FRAMEWORKS, Suggestion
 from .measure import Measurement
 from .units import format_bytes
 
@@ -68,7 +69,7 @@ def _needed(run_record) -> tuple:
     """Rise of the peak over what was in use before: allocator on a GPU, else host RSS."""
     rises = []
     for figures in run_record.gpu.values():
-        for name in ("tensorflow", "jax", "torch"):
+        for name in FRAMEWORKS:
             peak = figures.peak.get(name)
             if peak is not None and peak.bytes is not None:
                 rises.append(peak.bytes - (figures.before.get(name) or 0))
@@ -140,7 +141,8 @@ def compare(code, namespace: Dict[str, Any], other: str = "mixed_float16", steps
         return runs, None, line
     suggestion = Suggestion(
         "mixed-precision-measured",
-        f"{alt.policy} needed {format_bytes(saving)} less ({100 * saving / base.needed_bytes:.0f} %)",
+        f"{alt.policy} needed {format_bytes(saving)} less "
+        f"({100 * saving / base.needed_bytes:.0f} %)",
         f"measured over {steps} training steps on clones of your models: {base.policy} "
         f"{format_bytes(base.needed_bytes)}, {alt.policy} {format_bytes(alt.needed_bytes)} "
         f"({base.source}, rise of the peak over what was in use before).",

@@ -84,7 +84,7 @@ def run_notebook(path: str, out: str) -> int:
         for output in cell.get("outputs", []):
             if output.get("output_type") == "stream" and "%%gpumem" in output.get("text", ""):
                 print(output["text"].rstrip())
-            elif "text/plain" in output.get("data", {}) and "%%gpumem" in output["data"]["text/plain"]:
+            elif "%%gpumem" in output.get("data", {}).get("text/plain", ""):
                 print(output["data"]["text/plain"])
     executed = os.path.join(out, f"{name}.ipynb")
     nbformat.write(nb, executed)

@@ -45,20 +45,18 @@ def _shape_bytes(shape: Iterable, dtype: Any) -> int:
     return count * _dtype_size(dtype)
 
 
-def _keras_bytes(model: Any) -> int:
-    """Weights plus optimizer state of a Keras model or layer."""
-    total = sum(_shape_bytes(w.shape, w.dtype) for w in getattr(model, "weights", []))
-    optimizer = getattr(model, "optimizer", None)
-    if optimizer is not None:
-        total += sum(_shape_bytes(v.shape, v.dtype) for v in getattr(optimizer, "variables", []))
-    return total
+def _keras_split(model: Any) -> Tuple[int, int]:
+    """Bytes of the weights and of the optimizer state of a Keras model or layer."""
+    weights = sum(_shape_bytes(w.shape, w.dtype) for w in getattr(model, "weights", []))
+    slots = getattr(getattr(model, "optimizer", None), "variables", [])
+    return weights, sum(_shape_bytes(v.shape, v.dtype) for v in slots)
 
 
 def measure(value: Any) -> Optional[Tuple[str, int]]:
     """``(kind, bytes)`` for a value that holds framework or array memory, else None."""
     keras = sys.modules.get("keras")
     if keras is not None and isinstance(value, keras.layers.Layer):
-        return f"Keras {type(value).__name__}", _keras_bytes(value)
+        return f"Keras {type(value).__name__}", sum(_keras_split(value))
     if keras is not None and isinstance(value, keras.Variable):
         return "Keras variable", _shape_bytes(value.shape, value.dtype)
     torch = sys.modules.get("torch")
@@ -144,7 +142,7 @@ def keras_state(namespace: Dict[str, Any]) -> Tuple[int, int]:
     for value in list(namespace.values()):
         if isinstance(value, keras.Model) and id(value) not in seen:
             seen.add(id(value))
-            weights += sum(_shape_bytes(w.shape, w.dtype) for w in value.weights)
-            slots = getattr(getattr(value, "optimizer", None), "variables", [])
-            optimizer += sum(_shape_bytes(v.shape, v.dtype) for v in slots)
+            model_weights, model_slots = _keras_split(value)
+            weights += model_weights
+            optimizer += model_slots
     return weights, optimizer

@@ -18,9 +18,9 @@ import datetime
 import os
 import time
 import weakref
+from typing import Callable, Dict, Optional
 
 import psutil
-from typing import Callable, Dict, Optional
 
 from . import _nvml, backends
 from .record import CellRecord, DeviceInfo, Figures, Peak, Timeline, label

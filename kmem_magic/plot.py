@@ -45,7 +45,8 @@ def figure(record: CellRecord, width_in: float = 8.0):
         figures = record.gpu.get(device.index, Figures())
         top = axis_top(record, figures, device.total_bytes, device.limit_bytes)
         unit, name = _scale(top)
-        sources = ["device", "process"] + [s for s in figures.peak if s not in ("device", "process")]
+        sources = ["device", "process"]
+        sources += [s for s in figures.peak if s not in sources]
         for source in sources:
             _line(ax, record, source, device.index, unit)
         if device.total_bytes <= top:
@@ -103,7 +104,8 @@ def _line(ax, record: CellRecord, source: str, device: Optional[int], unit: floa
                 drawstyle="steps-post")
 
 
-def _mark_peaks(ax, record: CellRecord, figures: Figures, device: Optional[int], unit: float) -> None:
+def _mark_peaks(ax, record: CellRecord, figures: Figures, device: Optional[int],
+                unit: float) -> None:
     for source, peak in figures.peak.items():
         if not peak.exact or peak.bytes is None:
             continue
@@ -147,8 +149,9 @@ def svg(timeline, devices, limits, elapsed_s: float, width: int = 760,
     for host RSS. Cheap (well under a millisecond for a few hundred points), so it can be
     redrawn from the sampler thread twice a second."""
     left, right, top_pad, bottom_pad = 62, 8, 14, 16
-    rows = [(d.cuda_index, d.total_bytes, lim) for d, lim in
-            zip(devices, list(limits) + [None] * (len(devices) - len(limits)))] + [(None, None, None)]
+    limits = list(limits) + [None] * (len(devices) - len(limits))
+    rows = [(d.cuda_index, d.total_bytes, lim) for d, lim in zip(devices, limits)]
+    rows.append((None, None, None))  # host RSS
     height = len(rows) * (panel_height + top_pad + bottom_pad)
     t_max = max(elapsed_s, 1e-3)
     x0, plot_w = left, width - left - right

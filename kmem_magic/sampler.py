@@ -4,8 +4,9 @@ It only records: it never prints or displays, and it is stopped and joined by wh
 it (``%%gpumem`` does so in ``finally``). Each tick reads NVML's device memory (~10 us), the
 allocator counters of frameworks already started (tens of us), and host RSS; the per-process
 table, which costs milliseconds and takes the driver's global lock (it can stall the
-framework's kernel launches), is read at the cell's edges and at most every 5 s in between. At the default
-10 Hz that is well under 0.1 % of a core, and the thread sleeps in ``Event.wait`` in between.
+framework's kernel launches), is read at the cell's edges and at most every 5 s in between.
+At the default 10 Hz that is well under 0.1 % of a core, and the thread sleeps in
+``Event.wait`` in between.
 
 Exact peaks do not depend on this rate: they come from the allocators' own peak counters, read
 at the cell's edges (see :mod:`kmem_magic.measure`).

@@ -56,6 +56,11 @@ class Backend:
     def _configure(self, policy, configurator, devices) -> Report:
         raise NotImplementedError
 
+    def growth_env(self) -> str:
+        """``NAME=value``: the variable that gives this framework growth if set before it
+        starts (what the "too late" fix and the preallocation advice tell the user to set)."""
+        raise NotImplementedError
+
     def allocator_in_use(self) -> Dict[int, int]:
         return {}
 
@@ -99,8 +104,9 @@ def keras_backend() -> Optional[str]:
         return None
 
 
-def by_name(name: str) -> Optional[Backend]:
-    return next((backend for backend in BACKENDS if backend.name == name), None)
+def by_name(name: str) -> Backend:
+    """The backend called ``name`` (tensorflow, jax or torch)."""
+    return next(backend for backend in BACKENDS if backend.name == name)
 
 
 def is_oom(error: BaseException) -> bool:

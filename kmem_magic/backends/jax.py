@@ -52,13 +52,16 @@ class Jax(Backend):
                 return []
         return self._devices
 
+    def growth_env(self) -> str:
+        return f"{PREALLOCATE_ENV}=false"
+
     def _configure(self, policy, configurator, devices) -> Report:
         if self.is_initialized():
             if not self._gpu_devices():
                 return Report(self.name, "nothing", "already started, on the CPU only")
             what = "no preallocation" if policy.mode == "growth" else f"a {policy.limit} limit"
             return Report(self.name, "too-late",
-                          too_late("jax", what, f"{PREALLOCATE_ENV}=false"))
+                          too_late("jax", what, self.growth_env()))
         set_by_kmem, env_text = configurator.env.offer(PREALLOCATE_ENV, "false")
         if policy.mode == "growth":
             return Report(self.name, "applied" if set_by_kmem else "kept",

@@ -42,6 +42,9 @@ class TensorFlow(Backend):
 
         return tf.config.list_physical_devices("GPU")  # does not start the runtime
 
+    def growth_env(self) -> str:
+        return f"{GROWTH_ENV}=true"
+
     def _configure(self, policy, configurator, devices) -> Report:
         if self.is_initialized():
             return self._too_late(policy)
@@ -91,7 +94,7 @@ class TensorFlow(Backend):
         ):
             return Report(self.name, "kept", "already started, with memory growth on")
         what = "memory growth" if policy.mode == "growth" else f"a {policy.limit} limit"
-        return Report(self.name, "too-late", too_late("tensorflow", what, f"{GROWTH_ENV}=true"))
+        return Report(self.name, "too-late", too_late("tensorflow", what, self.growth_env()))
 
     # ------------------------------------------------------------------ allocator counters
     _gpu_names: Optional[List[str]] = None

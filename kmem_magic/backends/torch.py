@@ -1,4 +1,4 @@
-"""PyTorch: expandable segments, a per-process memory fraction, and the caching allocator's counters.
+"""PyTorch: expandable segments, a per-process memory fraction, and the allocator's counters.
 
 PyTorch's caching allocator already grows on demand, but keeps what it once used; expandable
 segments (read from the allocator configuration variable when CUDA starts) cut the slivers that
@@ -46,13 +46,16 @@ class Torch(Backend):
         cuda = getattr(torch, "cuda", None)
         return bool(cuda is not None and cuda.is_initialized())
 
+    def growth_env(self) -> str:
+        return f"{alloc_conf_env()}={SEGMENTS}"
+
     def _configure(self, policy, configurator, devices) -> Report:
         env_name = alloc_conf_env()
         if self.is_initialized():
             segments = "expandable segments no longer possible (CUDA already started)"
             if policy.mode == "growth":
                 return Report(self.name, "too-late",
-                              too_late("torch", segments, f"{env_name}={SEGMENTS}"))
+                              too_late("torch", segments, self.growth_env()))
         else:
             set_by_kmem, env_text = configurator.env.offer(env_name, SEGMENTS)
             segments = f"expandable segments ({env_text})"
