@@ -187,6 +187,38 @@ def test_mixed_precision_saving_is_measured_on_a_small_convnet(fresh):
     ), env={"KERAS_BACKEND": BACKEND})
     line = next(l for l in result["_stdout"].splitlines() if l.startswith("--compare"))
     print(line)
-    assert result["ok"] and "(5 steps, allocator)" in line
+    source = "XLA buffer assignment" if BACKEND == "jax" else "allocator"
+    assert result["ok"] and f"(5 steps, {source})" in line
     measured = [s for s in result["advice"] if s["rule"] == "mixed-precision-measured"]
     assert measured and measured[0]["saving_bytes"] > 0 and measured[0]["saving_kind"] == "measured"
+
+
+FIND = """
+import kmem_magic
+before = [w.copy() for w in model.get_weights()]
+found = kmem_magic.find_batch_size(model, x, y)
+"""
+
+
+def test_find_batch_size_stays_under_a_hard_limit_and_the_kernel_trains_after(fresh):
+    # The default budget is what the process may use: the 2 GiB limit, less 10 % headroom.
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        'ip.run_line_magic("gpumem", "--limit 2GiB")',
+        f"cell({CONVNET!r})",
+        f"cell({FIND!r})",
+        'found = ip.user_ns["found"]',
+        'RESULT["text"] = str(found)',
+        'RESULT["batch"] = found.batch_size',
+        'RESULT["budget"] = found.budget_bytes',
+        'RESULT["peak"] = found.peak_bytes',
+        'RESULT["same"] = all((a == b).all() for a, b in zip(ip.user_ns["before"], '
+        'ip.user_ns["model"].get_weights()))',
+        'r = cell("model.fit(x, y, batch_size=found.batch_size, epochs=1, verbose=0)\\nNone")',
+        'RESULT["fit_ok"] = r.success',
+    ), env={"KERAS_BACKEND": BACKEND})
+    print(result["text"])
+    assert result["budget"] <= 2 * GiB and result["peak"] <= result["budget"]
+    assert result["batch"] > 16
+    assert result["same"], "weights as they were before the probes"
+    assert result["fit_ok"], "the kernel trains at the size found, no restart"
