@@ -31,23 +31,31 @@ except ImportError:  # pragma: no cover - a clear error on use instead of on imp
 
 
 class MemoryCallback(_Base):
-    """Records memory at the end of every ``every``-th batch of fit, evaluate and predict.
+    """Records memory at the end of the batches of fit, evaluate and predict.
 
-    Use :meth:`record` in hand-written ``train_on_batch`` loops.
+    By default it records every batch as long as recording costs at most ``overhead`` (0.5 %)
+    of the elapsed time, so very fast steps are sampled instead (each row names its batch);
+    ``every=N`` records exactly every N-th batch whatever it costs. Use :meth:`record` in
+    hand-written ``train_on_batch`` loops.
     """
 
     # Only counters are read: Keras may call the batch hooks from a worker thread.
     async_safe = True
 
-    def __init__(self, every: int = 1) -> None:
+    def __init__(self, every: Optional[int] = None, overhead: float = 0.005) -> None:
         if _Base is object:
             raise ImportError("MemoryCallback needs Keras: pip install keras")
         super().__init__()
-        if every < 1:
-            raise ValueError(f"every must be at least 1, not {every}")
+        if every is not None and (isinstance(every, bool) or not isinstance(every, int)
+                                  or every < 1):
+            raise ValueError(f"every must be a positive integer or None, not {every!r}")
+        if not 0 < overhead <= 1:
+            raise ValueError(f"overhead must be in (0, 1], not {overhead!r}")
         self.every = every
+        self.overhead = overhead
         self.history: List[Dict[str, Any]] = []
         self._t0 = time.perf_counter()
+        self._spent = 0.0
         self._devices = _nvml.devices()
         self._process = psutil.Process()  # made once: creating one costs more than reading it
 
@@ -71,8 +79,17 @@ class MemoryCallback(_Base):
         return row
 
     def _batch(self, phase: str, batch: int) -> None:
-        if batch % self.every == 0:
+        if self.every is not None:
+            if batch % self.every == 0:
+                self.record(phase, batch)
+            return
+        # Record while the time spent recording stays within ``overhead`` of the time
+        # elapsed: every batch of a slow step, a steady sample of very fast ones.
+        start = time.perf_counter()
+        if self._spent <= self.overhead * (start - self._t0):
             self.record(phase, batch)
+            if len(self.history) > 1:  # the first row pays one-time costs (lookups, caches)
+                self._spent += time.perf_counter() - start
 
     def on_train_batch_end(self, batch, logs=None):
         self._batch("train", batch)

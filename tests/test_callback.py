@@ -13,7 +13,7 @@ def test_callback_records_every_batch_of_fit_evaluate_and_predict(fresh):
         x = np.random.rand(640, 32).astype("float32"); y = np.random.randint(0, 4, 640)
         model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(4)])
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        cb = MemoryCallback()
+        cb = MemoryCallback(every=1)
         model.fit(x, y, batch_size=64, epochs=2, verbose=0, callbacks=[cb])
         model.evaluate(x, y, batch_size=128, verbose=0, callbacks=[cb])
         model.predict(x, batch_size=320, verbose=0, callbacks=[cb])
@@ -40,7 +40,29 @@ def test_callback_records_every_batch_of_fit_evaluate_and_predict(fresh):
     assert result["allocator"] == [None, None, None], "no GPU allocator here: unknown, not 0"
     assert result["every"] == [0, 5]
     assert result["csv"] == "t_s,phase,batch,allocator_bytes,device_used_bytes,host_rss_bytes"
-    assert "at least 1" in result["bad"]
+    assert "positive integer" in result["bad"]
+
+
+def test_by_default_recording_keeps_within_its_time_budget():
+    pytest.importorskip("keras")
+    import time
+
+    from kmem_magic import MemoryCallback
+
+    slow = MemoryCallback()
+    for batch in range(10):  # steps of 100 ms: every one is recorded
+        time.sleep(0.1)
+        slow.on_train_batch_end(batch)
+    assert [row["batch"] for row in slow.history] == list(range(10))
+
+    fast = MemoryCallback(overhead=0.01)
+    start = time.perf_counter()
+    for batch in range(3000):  # back-to-back steps: recording every one would cost 100 %
+        fast.on_train_batch_end(batch)
+    elapsed = time.perf_counter() - start
+    recorded = [row["batch"] for row in fast.history]
+    assert 0 < len(recorded) < 3000 and recorded == sorted(recorded)
+    assert fast._spent <= 0.01 * elapsed + 0.001  # one row of slack: the check runs before it
 
 
 def test_epochs_are_marked_on_the_gpumem_time_axis(fresh):
