@@ -9,7 +9,8 @@ is in place. Importing this package is cheap: no framework, NVML, matplotlib or 
 from __future__ import annotations
 
 __version__ = "0.1.0"
-__all__ = ["load_ipython_extension", "unload_ipython_extension", "MemoryCallback", "__version__"]
+__all__ = ["load_ipython_extension", "unload_ipython_extension", "MemoryCallback", "estimate",
+           "find_batch_size", "__version__"]
 
 _LOADED: dict = {}
 
@@ -42,9 +43,18 @@ def unload_ipython_extension(ipython) -> None:
 
 
 def __getattr__(name: str):
-    """``kmem_magic.MemoryCallback``, imported (with Keras) only when first used."""
+    """``MemoryCallback``, ``estimate`` and ``find_batch_size``, imported (with Keras) only
+    when first used."""
     if name == "MemoryCallback":
         from .keras import MemoryCallback
 
         return MemoryCallback
+    if name == "estimate":
+        from .estimator import estimate
+
+        return estimate
+    if name == "find_batch_size":
+        from .finder import find_batch_size
+
+        return find_batch_size
     raise AttributeError(f"module 'kmem_magic' has no attribute {name!r}")

@@ -1,0 +1,437 @@
+"""Predict the GPU memory one training step of a Keras model needs, before it runs.
+
+>>> est = kmem_magic.estimate(model, batch_size=256)                 # doctest: +SKIP
+>>> est.total_bytes, est.per_sample_bytes                            # doctest: +SKIP
+>>> est                                                              # doctest: +SKIP
+estimate for batch 256 (jax, float32): peak 1.21 GiB
+  weights ... gradients ... optimizer slots ... activations ... largest temporary ... batch ...
+
+Nothing runs and nothing is allocated: the figures come from the model's layer graph (the
+shape of every layer's output), its variables and its optimizer. What the backward pass keeps
+per layer depends on the backend: torch runs eagerly and keeps what each op saved (the
+indices of a max pooling, both ends of a GELU, the normalized input of a batch norm); jax and
+TensorFlow compile the step and keep less. The peak is found by walking the backward pass:
+at layer k the activations of layers 1..k are still alive, the weight gradients of layers
+k..n already exist, and layer k's own gradient temporaries come on top; the optimizer phase
+(all gradients plus the update's temporaries) is the other candidate.
+
+The widely copied "parameters + layer outputs x batch" formula leaves out gradients, optimizer
+slots, temporaries and the saved intermediates; ``benchmarks/estimate_zoo.py`` measures both
+against the allocator on a GPU (``docs/benchmarks.md``).
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .units import format_bytes
+
+# Slot variables per trainable variable, by optimizer class (the option that adds one).
+_SLOTS = {
+    "SGD": 0, "Adam": 2, "AdamW": 2, "Adamax": 2, "Nadam": 2, "Adadelta": 2, "Adagrad": 1,
+    "RMSprop": 1, "Lion": 1, "Ftrl": 2, "Lamb": 2, "Muon": 2, "ScheduleFreeAdamW": 2,
+}
+# Activations whose derivative needs the input (kept besides the output), and those whose
+# derivative is computed from the output alone.
+_SAVED_TWICE = {"gelu", "silu", "swish", "elu", "selu", "mish", "softplus", "hard_silu"}
+_READS_OUTPUT = {"relu", "relu6", "sigmoid", "tanh", "softmax", "exponential", "leaky_relu"}
+# Layers whose backward step reads their input: matrix products need it for the weight
+# gradient, normalizations for the statistics, max pooling to route the gradient.
+_READS_INPUT = {"Dense", "EinsumDense", "LayerNormalization", "BatchNormalization",
+                "GroupNormalization", "UnitNormalization", "Multiply", "MultiHeadAttention",
+                "LSTM", "GRU", "SimpleRNN", "Attention"}
+_READS_INPUT_PREFIX = ("Conv", "DepthwiseConv", "SeparableConv", "MaxPooling")
+_GATES = {"LSTM": 4, "GRU": 3, "SimpleRNN": 1}
+_VIEWS = {"InputLayer", "Flatten", "Reshape", "Identity", "Masking", "ActivityRegularization"}
+# torch's Adam family updates with foreach ops whose intermediates (the squared gradients,
+# sqrt(v) + eps, m * step) are each as large as all the gradients together.
+_TORCH_UPDATE = {"Adam": 3.0, "AdamW": 3.0, "Adamax": 3.0, "Nadam": 3.0, "SGD": 1.0}
+# What the allocator holds beyond the step's tensors, measured on an H200: torch draws its
+# cuBLAS workspaces (one per thread: forward and autograd) from it; under jax, XLA's
+# workspaces and the allocator's rounding came to about as much.
+_WORKSPACE = {"torch": 64 * 2**20, "jax": 64 * 2**20}
+
+
+@dataclass
+class Estimate:
+    """The predicted peak of one training step, with what it is made of (bytes).
+
+    The parts do not simply add up: gradients and activations are never all alive at once,
+    so ``total_bytes`` (the predicted peak) is at most their sum. ``fixed_bytes`` does not
+    depend on the batch (weights, optimizer slots, the framework's workspaces);
+    ``per_sample_bytes`` is what one more sample adds; :meth:`at` predicts another batch size.
+    """
+
+    batch_size: int
+    backend: str
+    compute_dtype: str
+    weights_bytes: int
+    gradients_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    temporary_bytes: int
+    batch_bytes: int
+    total_bytes: int
+    per_sample_bytes: float
+    fixed_bytes: int
+    layers: List[Tuple[str, int]] = field(default_factory=list, repr=False)
+    _peak_at: Optional[Callable[[int], int]] = field(default=None, repr=False, compare=False)
+
+    def at(self, batch_size: int) -> int:
+        """The predicted peak at another batch size (same model, optimizer and policy)."""
+        return self._peak_at(batch_size) if self._peak_at else self.total_bytes
+
+    def largest_batch(self, budget_bytes: int, ceiling: int = 1 << 24) -> int:
+        """The largest batch size whose predicted peak fits ``budget_bytes`` (0 if none)."""
+        if self.at(1) > budget_bytes:
+            return 0
+        low, high = 1, 2
+        while high <= ceiling and self.at(high) <= budget_bytes:
+            low, high = high, high * 2
+        while high - low > 1:
+            middle = (low + high) // 2
+            low, high = (middle, high) if self.at(middle) <= budget_bytes else (low, middle)
+        return min(low, ceiling)
+
+    def rows(self) -> List[Tuple[str, int]]:
+        return [("weights", self.weights_bytes), ("gradients", self.gradients_bytes),
+                ("optimizer slots", self.optimizer_bytes),
+                ("activations kept for backward", self.activations_bytes),
+                ("largest temporary", self.temporary_bytes), ("input batch", self.batch_bytes)]
+
+    def __str__(self) -> str:
+        lines = [f"estimate for batch {self.batch_size} ({self.backend}, {self.compute_dtype}): "
+                 f"peak {format_bytes(self.total_bytes)}"]
+        lines += [f"  {name:<30} {format_bytes(size):>11}" for name, size in self.rows()]
+        lines.append(f"  {'per extra sample':<30} {format_bytes(int(self.per_sample_bytes)):>11}")
+        if self.layers:
+            top = ", ".join(f"{name} {format_bytes(size)}" for name, size in self.layers[:3])
+            lines.append(f"  largest activations: {top}")
+        return "\n".join(lines)
+
+    def _repr_pretty_(self, printer, cycle) -> None:
+        printer.text(str(self))
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__
+                if name not in ("layers", "_peak_at")}
+
+
+def _keras():
+    keras = sys.modules.get("keras")
+    if keras is None:
+        import keras  # noqa: F811 - estimate is only called by Keras users
+    return keras
+
+
+def _itemsize(dtype: Any) -> int:
+    import numpy as np
+
+    name = getattr(dtype, "name", dtype)
+    try:
+        return np.dtype(str(name)).itemsize
+    except TypeError:
+        return 2 if "bfloat16" in str(name) else 4
+
+
+def _elements(shape: Sequence, batch: int) -> int:
+    count = 1
+    for i, dim in enumerate(shape):
+        if dim is None:
+            if i != 0:
+                raise ValueError(f"a layer output has the shape {tuple(shape)}: estimate needs "
+                                 "every dimension but the batch fixed (Input(shape=...))")
+            dim = batch
+        count *= int(dim)
+    return count
+
+
+def _variables_bytes(variables) -> int:
+    return sum(_elements(v.shape, 1) * _itemsize(v.dtype) for v in variables)
+
+
+def _slot_bytes(optimizer: Any, trainable) -> int:
+    """Bytes of the optimizer's state: counted from its variables once built, else from
+    the per-optimizer slot table (and the options that add a slot)."""
+    inner = getattr(optimizer, "inner_optimizer", None)
+    if inner is not None:  # LossScaleOptimizer: a few scalars around the real one
+        return _slot_bytes(inner, trainable)
+    if getattr(optimizer, "built", False) and optimizer.variables:
+        return _variables_bytes(optimizer.variables)
+    kind = type(optimizer).__name__
+    if kind == "Adafactor":  # a velocity, and for matrices a factored row and column
+        total = 0
+        for v in trainable:
+            shape = [int(d) for d in v.shape]
+            total += 4 * _elements(shape, 1)
+            if len(shape) >= 2:
+                total += 4 * (_elements(shape[:-1], 1) + _elements(shape[:-2] + shape[-1:], 1))
+        return total
+    slots = _SLOTS.get(kind, 2)
+    config = optimizer.get_config()
+    if config.get("amsgrad"):
+        slots += 1
+    if kind in ("SGD", "RMSprop") and config.get("momentum"):
+        slots += 1
+    if config.get("centered"):
+        slots += 1
+    if config.get("use_ema"):
+        slots += 1
+    return slots * _variables_bytes(trainable)
+
+
+def _nodes(model: Any) -> List[Tuple[Any, list, list]]:
+    """``(layer, inputs, outputs)`` for every call of every layer, nested models opened."""
+    found = []
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers and getattr(layer, "_inbound_nodes", None):
+            found.extend(_nodes(layer))
+            continue
+        for node in getattr(layer, "_inbound_nodes", []):
+            found.append((layer, list(node.input_tensors), list(node.output_tensors)))
+    return found
+
+
+def _bytes_of(tensors, batch: int, itemsize: Optional[int]) -> int:
+    return sum(_tensor_bytes(t, batch, itemsize) for t in tensors)
+
+
+def _tensor_bytes(tensor: Any, batch: int, itemsize: Optional[int]) -> int:
+    size = _itemsize(tensor.dtype)
+    if itemsize is not None and "float" in str(tensor.dtype):
+        size = itemsize
+    return _elements(tensor.shape, batch) * size
+
+
+def _kind(layer: Any) -> str:
+    return type(layer).__name__
+
+
+def _activation(layer: Any) -> str:
+    return getattr(getattr(layer, "activation", None), "__name__", "") or ""
+
+
+def _needs_input(layer: Any) -> bool:
+    """Whether the layer's backward step reads its input (so the input stays alive)."""
+    kind = _kind(layer)
+    if kind == "Activation":
+        return _activation(layer) in _SAVED_TWICE
+    return kind in _READS_INPUT or any(kind.startswith(p) for p in _READS_INPUT_PREFIX)
+
+
+def _needs_output(layer: Any) -> bool:
+    """Whether the layer's backward step reads its own output (relu, sigmoid, softmax...)."""
+    return _activation(layer) in _READS_OUTPUT or _kind(layer) in ("Softmax", "ReLU")
+
+
+def _internal(layer: Any, inputs, outputs, batch: int, backend: str,
+              itemsize: Optional[int]) -> int:
+    """Bytes a layer keeps for its backward step beyond its input and output tensors."""
+    kind = _kind(layer)
+    out = _bytes_of(outputs, batch, itemsize)
+    elements = sum(_elements(t.shape, batch) for t in outputs)
+    half = itemsize == 2 or any(_itemsize(t.dtype) == 2 for t in outputs)
+    extra = 0
+    if _activation(layer) in _SAVED_TWICE and kind != "Activation":
+        extra += out  # the pre-activation, which the derivative needs
+    if kind.startswith(("Conv", "DepthwiseConv", "SeparableConv")):
+        if backend == "torch":  # Keras is channels-last, torch convolves a channels-first copy
+            extra += _bytes_of(inputs, batch, itemsize)
+        elif _activation(layer) not in ("", "linear") and _activation(layer) not in _SAVED_TWICE:
+            extra += out  # XLA keeps the pre-activation of a fused convolution
+    elif kind == "BatchNormalization" and backend != "jax":
+        # the centred input and the statistics' intermediates, in float32 (measured on
+        # torch: 2.5 copies), and under float16 the float32 copy of the input on top
+        extra += int((2.5 + half) * 4 * elements)
+    elif kind == "LayerNormalization" and half and backend != "jax":
+        extra += 4 * elements  # computed on a float32 copy
+    elif kind.startswith("MaxPooling") and backend == "torch":
+        # the int64 argmax indices, and the channels-first copy of the input
+        extra += 8 * elements + _bytes_of(inputs, batch, itemsize)
+    elif "Dropout" in kind and getattr(layer, "rate", 0):
+        extra += elements  # the mask, a byte per element
+    elif kind == "MultiHeadAttention":
+        extra += _attention(layer, inputs, batch, backend, itemsize or _itemsize(outputs[0].dtype))
+    elif kind in _GATES:
+        extra += _recurrent(layer, inputs, batch, backend,
+                            itemsize or _itemsize(outputs[0].dtype))
+    return extra
+
+
+def _attention(layer, inputs, batch, backend, size) -> int:
+    heads, key_dim = layer.num_heads, layer.key_dim
+    value_dim = layer.value_dim or key_dim
+    t_query = _elements(inputs[0].shape[1:-1], batch)
+    t_key = _elements((inputs[1] if len(inputs) > 1 else inputs[0]).shape[1:-1], batch)
+    head = batch * heads * size
+    projections = head * (t_query * key_dim + t_key * key_dim + t_key * value_dim)
+    # torch's fused attention reads contiguous copies of the projected query, key and value
+    kept = projections * (2 if backend == "torch" else 1)
+    kept += head * t_query * value_dim  # the attention output, before the output projection
+    if backend != "torch" or getattr(layer, "dropout", 0):
+        # without torch's fused attention the scores and their softmax are kept
+        kept += 2 * head * t_query * t_key
+    return int(kept)
+
+
+def _recurrent(layer, inputs, batch, backend, size) -> int:
+    steps = _elements(inputs[0].shape[1:-1], 1)
+    units = layer.units if hasattr(layer, "units") else layer.cell.units
+    # what one time step keeps, in units of the layer's width per gate (measured on an
+    # H200): torch runs LSTMs through cuDNN, which keeps the gates and states, and other
+    # cells step by step, keeping every op's inputs; jax runs LSTMs through cuDNN's RNN,
+    # whose reserve space is larger, and other cells through a scan
+    kind = _kind(layer)
+    if backend == "torch":
+        per_unit = _GATES[kind] * (2.4 if kind == "LSTM" else 5.5)
+    else:
+        per_unit = _GATES[kind] * (9 if kind == "LSTM" else 3.7)
+    return int(steps * batch * per_unit * units * size)
+
+
+def estimate(model: Any, batch_size: int, optimizer: Any = None,
+             dtype_policy: Optional[str] = None) -> Estimate:
+    """The predicted peak of one training step of ``model`` at ``batch_size``, with a breakdown.
+
+    ``model`` is a built Sequential or functional Keras model (subclassed models have no layer
+    graph to read). ``optimizer`` defaults to the model's compiled one (else Adam);
+    ``dtype_policy`` (``"mixed_float16"``, ...) predicts the step under another policy
+    without rebuilding the model: activations take its compute dtype, except the model's
+    outputs, which mixed-precision models keep in float32.
+    """
+    keras = _keras()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, not {batch_size!r}")
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"estimate needs a Keras model, not {type(model).__name__}")
+    if not model.built or not getattr(model, "_inbound_nodes", None) and not _has_graph(model):
+        raise ValueError("estimate needs a built Sequential or functional model: give it an "
+                         "Input (or call model.build(shape)); subclassed models have no layer "
+                         "graph to read")
+    if dtype_policy is not None:
+        compute = keras.dtype_policies.get(dtype_policy).compute_dtype
+        itemsize: Optional[int] = _itemsize(compute)
+    else:
+        compute = model.dtype_policy.compute_dtype
+        itemsize = None
+    backend = keras.config.backend()
+    optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
+    if isinstance(optimizer, str):
+        optimizer = keras.optimizers.get(optimizer)
+    if optimizer is None:
+        optimizer = keras.optimizers.Adam()
+
+    trainable = model.trainable_variables
+    weights = _variables_bytes(model.variables)
+    slots = _slot_bytes(optimizer, trainable)
+    nodes = [n for n in _nodes(model) if _kind(n[0]) != "InputLayer"]
+    model_outputs = {id(t) for t in model.outputs}
+    consumers: Dict[int, List[Tuple[Any, list]]] = {}
+    for layer, ins, outs in nodes:
+        for tensor in ins:
+            consumers.setdefault(id(tensor), []).append((layer, outs))
+
+    def read_later(tensor: Any) -> bool:
+        """Whether a backward step reads this tensor (through views such as Flatten)."""
+        if id(tensor) in model_outputs:
+            return True  # the loss reads the predictions
+        for layer, outs in consumers.get(id(tensor), []):
+            if _needs_input(layer) or _kind(layer) in _VIEWS and any(map(read_later, outs)):
+                return True
+        return False
+
+    half = _itemsize(compute) == 2
+    trainable_bytes = _variables_bytes(trainable)
+    casts = trainable_bytes // 2 if half and backend != "jax" else 0  # float16 kernel copies
+    update_factor = {"torch": _TORCH_UPDATE.get(_optimizer_kind(optimizer), 2.0),
+                     "tensorflow": 1.0}.get(backend, 0.0)
+    if half and "float16" in str(compute) and "bfloat" not in str(compute) and backend != "jax":
+        update_factor += 1.0  # loss scaling unscales a copy of the gradients
+
+    def step(batch: int) -> Tuple[int, int, int, int, List[Tuple[str, int]]]:
+        kept, transient, grads, named, counted = [], [], [], [], set()
+        for layer, ins, outs in nodes:
+            size = None if any(id(t) in model_outputs for t in outs) else itemsize
+            layer_kept = 0
+            if _kind(layer) not in _VIEWS:
+                layer_kept = sum(_tensor_bytes(t, batch, size) for t in outs
+                                 if _needs_output(layer) or read_later(t))
+                layer_kept += _internal(layer, ins, outs, batch, backend, size)
+            kept.append(layer_kept)
+            transient.append(_bytes_of(outs, batch, size) + _bytes_of(ins, batch, size))
+            # a shared layer's weights get one gradient, however often it is called
+            grads.append(0 if id(layer) in counted else
+                         _variables_bytes(layer.trainable_variables))
+            counted.add(id(layer))
+            named.append((layer.name, layer_kept))
+        activations = sum(kept)
+        peak_backward = 0
+        alive_activations, grads_done = activations, 0
+        for k in reversed(range(len(kept))):
+            grads_done += grads[k]
+            peak_backward = max(peak_backward, alive_activations + grads_done + transient[k])
+            alive_activations -= kept[k]
+        gradients = sum(grads)
+        # XLA fuses the update into the backward pass: no gradient copies on jax
+        update = int(update_factor * gradients)
+        step_peak = max(peak_backward + casts, gradients + update)
+        return step_peak, activations, max(transient + [0]), gradients, named
+
+    fixed = weights + slots + _WORKSPACE.get(backend, 0)
+
+    def peak_at(batch: int) -> int:
+        return fixed + _input_bytes(model, batch) + _target_bytes(model, batch) + step(batch)[0]
+
+    _, activations, temporary, gradients, named = step(batch_size)
+    total = peak_at(batch_size)
+    # the memory that grows with the batch, per sample (where activations dominate)
+    per_sample = (peak_at(2 * batch_size) - total) / batch_size
+    named.sort(key=lambda item: item[1], reverse=True)
+    return Estimate(batch_size, backend, str(compute), weights, gradients, slots, activations,
+                    temporary, _input_bytes(model, batch_size) + _target_bytes(model, batch_size),
+                    int(total), per_sample, int(fixed), named, peak_at)
+
+
+def _optimizer_kind(optimizer: Any) -> str:
+    return type(getattr(optimizer, "inner_optimizer", None) or optimizer).__name__
+
+
+def _has_graph(model: Any) -> bool:
+    return bool(getattr(model, "outputs", None)) and bool(getattr(model, "layers", None))
+
+
+def _leaves(model: Any):
+    for layer in model.layers:
+        if hasattr(layer, "layers") and layer.layers and getattr(layer, "_inbound_nodes", None):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
+
+def _input_bytes(model: Any, batch: int) -> int:
+    return sum(_elements(t.shape, batch) * _itemsize(t.dtype) for t in model.inputs)
+
+
+def _target_bytes(model: Any, batch: int) -> int:
+    """Labels: one integer per sample for a sparse loss, else the output's shape."""
+    loss = getattr(model, "loss", None)
+    name = loss if isinstance(loss, str) else type(loss).__name__ if loss is not None else ""
+    if "sparse" in name.lower():
+        return 4 * batch * len(model.outputs)
+    return sum(_elements(t.shape, batch) * 4 for t in model.outputs)
+
+
+def rule_of_thumb(model: Any, batch_size: int) -> int:
+    """The widely copied ``get_model_memory_usage`` formula (parameters plus every layer's
+    output times the batch, at 4 bytes), kept only to be compared against."""
+    shapes = 0
+    for layer in _leaves(model):
+        for node in getattr(layer, "_inbound_nodes", []):
+            for tensor in node.output_tensors[:1]:
+                shapes += _elements(tensor.shape[1:], 1)
+    params = sum(_elements(v.shape, 1) for v in model.weights)
+    return int(4 * (batch_size * shapes + params))
+
+
