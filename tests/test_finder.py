@@ -1,0 +1,147 @@
+"""kmem_magic.find_batch_size's control flow with a real Keras model training on the CPU
+(TensorFlow). The device is faked at its boundary only: the allocator counters read around a
+step (``kmem_magic.step._run_and_read``) follow a known law of the batch size, and a step that
+would need more than the fake device's capacity raises TensorFlow's real out-of-memory error
+before it runs, as a GPU would. The search, the probes, the recovery and the restoring of the
+model are all real."""
+
+import pytest
+
+pytestmark = pytest.mark.tensorflow
+
+keras = pytest.importorskip("keras")
+np = pytest.importorskip("numpy")
+tf = pytest.importorskip("tensorflow")
+
+import kmem_magic  # noqa: E402
+from kmem_magic import step  # noqa: E402
+
+MiB = 2**20
+
+
+class FakeDevice:
+    """Peak of a step = fixed + per_sample x batch; above capacity the step fails with OOM."""
+
+    def __init__(self, fixed, per_sample, capacity=None):
+        self.fixed, self.per_sample, self.capacity = fixed, per_sample, capacity
+        self.steps = []
+
+    def __call__(self, backend, run, batch_size):
+        need = self.fixed + self.per_sample * batch_size
+        if self.capacity is not None and need > self.capacity:
+            raise tf.errors.ResourceExhaustedError(None, None,
+                                                   "OOM when allocating tensor with shape")
+        run()
+        self.steps.append(batch_size)
+        return self.fixed, need, "allocator"
+
+
+@pytest.fixture
+def model():
+    net = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
+                            keras.layers.Dense(4)])
+    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return net
+
+
+@pytest.fixture
+def data():
+    return np.random.rand(2000, 32).astype("float32"), np.random.randint(0, 4, 2000)
+
+
+def state(model):
+    return ([w.copy() for w in model.get_weights()],
+            [np.array(v.numpy()) for v in model.optimizer.variables])
+
+
+def same(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a[0] + a[1], b[0] + b[1]))
+
+
+def test_finds_the_largest_batch_within_the_budget_and_leaves_the_model_as_it_was(
+        monkeypatch, model, data):
+    x, y = data
+    model.fit(x, y, batch_size=100, epochs=1, verbose=0)  # trained: optimizer state exists
+    device = FakeDevice(fixed=300 * MiB, per_sample=0.5 * MiB)
+    monkeypatch.setattr(step, "_run_and_read", device)
+    before = state(model)
+    found = kmem_magic.find_batch_size(model, x, y, budget="800MiB")
+    assert found.batch_size == 1000  # (800 - 300) MiB / 0.5 MiB per sample
+    assert found.peak_bytes <= 800 * MiB and found.limited_by == "memory"
+    assert len(found.probes) <= 6 and len(device.steps) == len(found.probes)
+    assert same(before, state(model)), "the probe steps trained; the model must not show it"
+    assert "batch size 1000" in str(found)
+
+
+def test_an_out_of_memory_probe_is_survived_and_the_search_backs_off(
+        monkeypatch, model, data):
+    x, y = data
+    # the budget says 1200 samples would fit, but the device runs out at 700
+    device = FakeDevice(fixed=100 * MiB, per_sample=1 * MiB, capacity=800 * MiB)
+    monkeypatch.setattr(step, "_run_and_read", device)
+    before = state(model)
+    found = kmem_magic.find_batch_size(model, x, y, budget=1300 * MiB)
+    outcomes = [p.outcome for p in found.probes]
+    assert "out of memory" in outcomes
+    assert 650 <= found.batch_size <= 700
+    assert same(before, state(model))
+    monkeypatch.undo()
+    history = model.fit(x, y, batch_size=found.batch_size, epochs=1, verbose=0)  # goes on
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_the_data_limits_the_batch_when_memory_does_not(monkeypatch, model, data):
+    x, y = data
+    monkeypatch.setattr(step, "_run_and_read", FakeDevice(fixed=10 * MiB, per_sample=1000))
+    found = kmem_magic.find_batch_size(model, x[:300], y[:300], budget="1GiB")
+    assert found.batch_size == 300 and found.limited_by == "data"
+    assert "limited by the data" in str(found)
+
+
+def test_without_a_gpu_it_says_so_and_changes_nothing(model, data):
+    x, y = data
+    before = state(model) if model.optimizer.built else None
+    with pytest.raises(ValueError, match="needs a GPU"):
+        kmem_magic.find_batch_size(model, x, y, budget="1GiB")
+    after = state(model)
+    if before is not None:
+        assert same(before, after)
+    assert all(not np.any(v) for v in after[1][2:]), "optimizer slots stay as built (zeros)"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"budget": "lots"}, "not a size"),
+    ({"budget": -5}, "budget must be bytes"),
+    ({"headroom": 1.5}, "headroom must be in"),
+    ({"max_probes": 2}, "max_probes must be an integer of at least 3"),
+])
+def test_bad_arguments_get_one_line_and_change_nothing(model, data, kwargs, message):
+    x, y = data
+    with pytest.raises(ValueError, match=message):
+        kmem_magic.find_batch_size(model, x, y, **{"budget": "1GiB", **kwargs})
+    assert not model.optimizer.built
+
+
+def test_an_uncompiled_model_or_empty_data_is_refused(data):
+    x, y = data
+    bare = keras.Sequential([keras.Input((32,)), keras.layers.Dense(4)])
+    with pytest.raises(ValueError, match="compiled Keras model"):
+        kmem_magic.find_batch_size(bare, x, y, budget="1GiB")
+    bare.compile("sgd", "mse")
+    with pytest.raises(ValueError, match="samples in it"):
+        kmem_magic.find_batch_size(bare, x[:0], y[:0], budget="1GiB")
+
+
+def test_the_default_budget_is_the_free_gpu_memory_less_headroom_and_a_larger_one_is_capped(
+        fake_nvml, monkeypatch, model, data):
+    from conftest import gpu
+
+    x, y = data
+    fake_nvml([gpu(0, total=16 * 2**30, used=4 * 2**30)])  # 12 GiB free for this process
+    monkeypatch.setattr(step, "_run_and_read", FakeDevice(fixed=1 * 2**30, per_sample=8 * MiB))
+    default = kmem_magic.find_batch_size(model, x, y, headroom=0.25)
+    assert default.budget_bytes == 9 * 2**30 and not default.capped
+    assert default.batch_size == 1024  # (9 - 1) GiB / 8 MiB per sample
+    capped = kmem_magic.find_batch_size(model, x, y, budget="64GiB")
+    assert capped.budget_bytes == 12 * 2**30 and capped.capped
+    assert "capped at what this process may use" in str(capped)
