@@ -72,6 +72,10 @@ def test_quickstart_runs_on_every_backend(backend, tmp_path):
     assert "The cell left" in text_of(left) and "Out[" in text_of(left)
     history = text_of(cells["%gpumem history"])
     assert history.count("cell-") >= 2
+    plan = text_of(next(c for c in nb.cells
+                        if c.cell_type == "code" and "kmem_magic.estimate" in c.source))
+    assert f"estimate for batch 128 ({backend}, float32): peak" in plan
+    assert "optimizer slots" in plan and "activations kept for backward" in plan
 
 
 def test_workshop_reproduces_each_pain_and_kmem_diagnoses_it(tmp_path):
