@@ -3,7 +3,9 @@
 ``%load_ext kmem_magic`` applies a memory policy (growth by default, or a hard limit) to every
 Keras backend (tensorflow, jax, torch) that has not started yet; ``%%gpumem`` measures a cell's
 GPU and host memory and shows its peak and what it left behind; ``%gpumem status`` shows what
-is in place. Importing this package is cheap: no framework, NVML, matplotlib or ipywidgets.
+is in place. For Keras code: ``MemoryCallback`` (memory per batch), ``estimate`` (a training
+step's peak, before it runs) and ``find_batch_size`` (the largest batch that fits). Importing
+this package is cheap: no framework, NVML, matplotlib or ipywidgets.
 """
 
 from __future__ import annotations
