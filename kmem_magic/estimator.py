@@ -350,21 +350,25 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
     if half and "float16" in str(compute) and "bfloat" not in str(compute) and backend != "jax":
         update_factor += 1.0  # loss scaling unscales a copy of the gradients
 
+    # What does not depend on the batch, once: which outputs each call keeps, and the
+    # gradient of each layer's weights (a shared layer's weights get one, however often called)
+    kept_outputs, grads, counted = [], [], set()
+    for layer, _, outs in nodes:
+        kept_outputs.append([] if _kind(layer) in _VIEWS else
+                            [t for t in outs if _needs_output(layer) or read_later(t)])
+        grads.append(0 if id(layer) in counted else _variables_bytes(layer.trainable_variables))
+        counted.add(id(layer))
+
     def step(batch: int) -> Tuple[int, int, int, int, List[Tuple[str, int]]]:
-        kept, transient, grads, named, counted = [], [], [], [], set()
-        for layer, ins, outs in nodes:
+        kept, transient, named = [], [], []
+        for (layer, ins, outs), keeps in zip(nodes, kept_outputs):
             size = None if any(id(t) in model_outputs for t in outs) else itemsize
             layer_kept = 0
             if _kind(layer) not in _VIEWS:
-                layer_kept = sum(_tensor_bytes(t, batch, size) for t in outs
-                                 if _needs_output(layer) or read_later(t))
+                layer_kept = sum(_tensor_bytes(t, batch, size) for t in keeps)
                 layer_kept += _internal(layer, ins, outs, batch, backend, size)
             kept.append(layer_kept)
             transient.append(_bytes_of(outs, batch, size) + _bytes_of(ins, batch, size))
-            # a shared layer's weights get one gradient, however often it is called
-            grads.append(0 if id(layer) in counted else
-                         _variables_bytes(layer.trainable_variables))
-            counted.add(id(layer))
             named.append((layer.name, layer_kept))
         activations = sum(kept)
         peak_backward = 0
@@ -381,8 +385,11 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
 
     fixed = weights + slots + _WORKSPACE.get(backend, 0)
 
+    def data_bytes(batch: int) -> int:
+        return _input_bytes(model, batch) + _target_bytes(model, batch)
+
     def peak_at(batch: int) -> int:
-        return fixed + _input_bytes(model, batch) + _target_bytes(model, batch) + step(batch)[0]
+        return fixed + data_bytes(batch) + step(batch)[0]
 
     _, activations, temporary, gradients, named = step(batch_size)
     total = peak_at(batch_size)
@@ -390,7 +397,7 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
     per_sample = (peak_at(2 * batch_size) - total) / batch_size
     named.sort(key=lambda item: item[1], reverse=True)
     return Estimate(batch_size, backend, str(compute), weights, gradients, slots, activations,
-                    temporary, _input_bytes(model, batch_size) + _target_bytes(model, batch_size),
+                    temporary, data_bytes(batch_size),
                     int(total), per_sample, int(fixed), named, peak_at)
 
 
@@ -400,14 +407,6 @@ def _optimizer_kind(optimizer: Any) -> str:
 
 def _has_graph(model: Any) -> bool:
     return bool(getattr(model, "outputs", None)) and bool(getattr(model, "layers", None))
-
-
-def _leaves(model: Any):
-    for layer in model.layers:
-        if hasattr(layer, "layers") and layer.layers and getattr(layer, "_inbound_nodes", None):
-            yield from _leaves(layer)
-        else:
-            yield layer
 
 
 def _input_bytes(model: Any, batch: int) -> int:
@@ -426,11 +425,7 @@ def _target_bytes(model: Any, batch: int) -> int:
 def rule_of_thumb(model: Any, batch_size: int) -> int:
     """The widely copied ``get_model_memory_usage`` formula (parameters plus every layer's
     output times the batch, at 4 bytes), kept only to be compared against."""
-    shapes = 0
-    for layer in _leaves(model):
-        for node in getattr(layer, "_inbound_nodes", []):
-            for tensor in node.output_tensors[:1]:
-                shapes += _elements(tensor.shape[1:], 1)
+    shapes = sum(_elements(outs[0].shape[1:], 1) for _, _, outs in _nodes(model) if outs)
     params = sum(_elements(v.shape, 1) for v in model.weights)
     return int(4 * (batch_size * shapes + params))
 
