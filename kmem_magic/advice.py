@@ -11,7 +11,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import backends
 from .live import LiveObject
@@ -260,6 +260,22 @@ def near_limit(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
     return None
 
 
+def fit_line(points: Sequence[Tuple[int, int]]) -> Optional[Tuple[float, float]]:
+    """``(fixed, per_sample)``: the least-squares line through measured ``(batch, peak)``
+    points (the fixed part is weights, optimizer state, workspace); None unless two batch
+    sizes were measured and memory grows with the batch."""
+    if len({b for b, _ in points}) < 2:
+        return None
+    n = len(points)
+    mean_b = sum(b for b, _ in points) / n
+    mean_p = sum(p for _, p in points) / n
+    slope = sum((b - mean_b) * (p - mean_p) for b, p in points) / \
+        sum((b - mean_b) ** 2 for b, _ in points)
+    if slope <= 0:
+        return None
+    return mean_p - slope * mean_b, slope
+
+
 def _batch_fit(record, history, device: int, ceiling: int):
     batch = _batch_size(record.source)
     points = {}
@@ -269,20 +285,14 @@ def _batch_fit(record, history, device: int, ceiling: int):
         if b and alloc and alloc[2] and r.error_kind is None and \
                 _template(r.source) == _template(record.source):
             points[b] = alloc[1]
-    if len(points) >= 2:
-        # A straight line through the measured (batch size, peak) points: per-sample slope
-        # and fixed part (weights, optimizer state, workspace).
-        xs, ys = list(points), list(points.values())
-        mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = (sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
-                 / sum((x - mean_x) ** 2 for x in xs))
-        fixed = mean_y - slope * mean_x
-        if slope > 0:
-            fits = int((0.9 * ceiling - fixed) / slope + 1e-9)
-            sizes = ", ".join(str(b) for b in sorted(xs))
-            return (f"batch_size={max(1, fits)}   # fits 90 % of the memory",
-                    f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
-                    f"the fixed part is {format_bytes(fixed)}.")
+    line = fit_line(list(points.items()))
+    if line is not None:
+        fixed, slope = line
+        fits = int((0.9 * ceiling - fixed) / slope + 1e-9)
+        sizes = ", ".join(str(b) for b in sorted(points))
+        return (f"batch_size={max(1, fits)}   # fits 90 % of the memory",
+                f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
+                f"the fixed part is {format_bytes(fixed)}.")
     if batch:
         return (f"batch_size={max(1, batch // 2)}   # half; measure twice to get the exact fit",
                 "Run the cell with two batch sizes and kmem computes the largest that fits.")

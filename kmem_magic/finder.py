@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
 
 from . import _nvml, backends, step
+from .advice import fit_line
 from .units import format_bytes, parse_limit
 
 
@@ -123,20 +124,6 @@ def _snapshot(model: Any) -> List[Tuple[Any, Any]]:
     return [(v, np.array(v.numpy(), copy=True)) for v in variables]
 
 
-def _fit_line(points: List[Tuple[int, int]]) -> Optional[Tuple[float, float]]:
-    """Least-squares ``(fixed, per_sample)`` through ``(batch, peak)`` points."""
-    if len({b for b, _ in points}) < 2:
-        return None
-    n = len(points)
-    mean_b = sum(b for b, _ in points) / n
-    mean_p = sum(p for _, p in points) / n
-    slope = sum((b - mean_b) * (p - mean_p) for b, p in points) / \
-        sum((b - mean_b) ** 2 for b, _ in points)
-    if slope <= 0:
-        return None
-    return mean_p - slope * mean_b, slope
-
-
 def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
                     headroom: float = 0.1, max_batch_size: Optional[int] = None,
                     max_probes: int = 6) -> BatchSize:
@@ -210,7 +197,7 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
         for size in sorted({max(1, target // 4), max(1, target // 2)}):
             probe(size)
         while len(probes) < max_probes and high - low > 1:
-            line = _fit_line(fits)
+            line = fit_line(fits)
             nxt = int((budget_bytes - line[0]) / line[1]) if line else low * 2
             if high <= ceiling and nxt >= high:
                 # the line says more than a size that already failed (out of memory below
