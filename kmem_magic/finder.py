@@ -64,11 +64,8 @@ def _capacity() -> Optional[int]:
     """What this process may allocate on GPU 0: the framework's cap if it has one, else what
     its allocator holds in use plus what the device has free."""
     backend = backends.keras_backend()
-    if backend == "jax" and backends.by_name("jax").is_initialized():
-        import jax
-
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        limit = (gpus[0].memory_stats() or {}).get("bytes_limit") if gpus else None
+    if backend == "jax":
+        limit = backends.by_name("jax").stats().get(0, {}).get("bytes_limit")
         if limit:
             return int(limit)
     in_use = backends.by_name(backend).allocator_in_use().get(0, 0) if backend else 0

@@ -31,45 +31,26 @@ class StepPeak:
 
 
 def _run_and_read(backend: str, run: Callable[[], Any], batch_size: int):
-    """``(before, peak, source)`` around ``run()``: the allocator counters of device 0.
+    """``(before, peak, source)`` around ``run()``: the allocator counters of GPU 0, read
+    through the backend (torch and TensorFlow reset their peak first).
 
     This is the one place that touches the hardware counters (tests fake it here)."""
-    if backend == "torch":
-        torch = sys.modules.get("torch")
-        if torch is None or not torch.cuda.is_available():
-            run()
-            return None, None, "no GPU"
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
+    framework = next((b for b in backends.BACKENDS if b.name == backend), None)
+    if framework is None:
         run()
-        torch.cuda.synchronize()
-        return before, torch.cuda.max_memory_allocated(), "allocator"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        if not tf.config.list_logical_devices("GPU"):
-            run()
-            return None, None, "no GPU"
-        tf.config.experimental.reset_memory_stats("GPU:0")
-        before = tf.config.experimental.get_memory_info("GPU:0")["current"]
-        run()
-        return before, tf.config.experimental.get_memory_info("GPU:0")["peak"], "allocator"
+        return None, None, "no GPU"
+    state = framework.begin_cell()
+    before = framework.allocator_in_use().get(0)
+    run()
     if backend == "jax":
-        import jax
-
-        gpus = [d for d in jax.devices() if d.platform == "gpu"]
-        if not gpus:
-            run()
-            return None, None, "no GPU"
-        before = (gpus[0].memory_stats() or {}).get("bytes_in_use")
-        run()
         # JAX's lifetime peak cannot be reset, and the first step at a new shape also holds
         # the autotuner's scratch buffers (which XLA takes only when free): the step's own
         # figure comes from XLA's buffer assignment, in step_peak
-        return before, None, "jax"
-    run()
-    return None, None, "no GPU"
+        return (before, None, "jax") if before is not None else (None, None, "no GPU")
+    peak = framework.end_cell(state, {}).get(0)
+    if peak is None:
+        return None, None, "no GPU"
+    return before, peak.bytes, "allocator"
 
 
 def _abstract(tree: Any) -> Any:

@@ -80,7 +80,9 @@ class Jax(Backend):
                       f"({env_text}, {fraction_text})")
 
     # ------------------------------------------------------------------ allocator counters
-    def _stats(self) -> Dict[int, dict]:
+    def stats(self) -> Dict[int, dict]:
+        """Each GPU's ``memory_stats()`` (bytes_in_use, peak_bytes_in_use, bytes_limit, ...)
+        by CUDA ordinal; empty until the user's code has started JAX."""
         if not self.is_initialized():
             return {}
         found = {}
@@ -92,14 +94,14 @@ class Jax(Backend):
         return found
 
     def allocator_in_use(self) -> Dict[int, int]:
-        return {i: int(s.get("bytes_in_use", 0)) for i, s in self._stats().items()}
+        return {i: int(s.get("bytes_in_use", 0)) for i, s in self.stats().items()}
 
     def begin_cell(self) -> Any:
-        return {i: int(s.get("peak_bytes_in_use", 0)) for i, s in self._stats().items()}
+        return {i: int(s.get("peak_bytes_in_use", 0)) for i, s in self.stats().items()}
 
     def end_cell(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
         peaks = {}
-        for index, stats in self._stats().items():
+        for index, stats in self.stats().items():
             lifetime = int(stats.get("peak_bytes_in_use", 0))
             if index not in state:
                 peaks[index] = Peak(lifetime, True, "started in this cell")
