@@ -26,6 +26,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import units
 from .units import format_bytes
 
 # Slot variables per trainable variable, by optimizer class (the option that adds one).
@@ -126,16 +127,6 @@ def _keras():
     return keras
 
 
-def _itemsize(dtype: Any) -> int:
-    import numpy as np
-
-    name = getattr(dtype, "name", dtype)
-    try:
-        return np.dtype(str(name)).itemsize
-    except TypeError:
-        return 2 if "bfloat16" in str(name) else 4
-
-
 def _elements(shape: Sequence, batch: int) -> int:
     count = 1
     for i, dim in enumerate(shape):
@@ -149,7 +140,7 @@ def _elements(shape: Sequence, batch: int) -> int:
 
 
 def _variables_bytes(variables) -> int:
-    return sum(_elements(v.shape, 1) * _itemsize(v.dtype) for v in variables)
+    return sum(_elements(v.shape, 1) * units.itemsize(v.dtype) for v in variables)
 
 
 def _slot_bytes(optimizer: Any, trainable) -> int:
@@ -199,7 +190,7 @@ def _bytes_of(tensors, batch: int, itemsize: Optional[int]) -> int:
 
 
 def _tensor_bytes(tensor: Any, batch: int, itemsize: Optional[int]) -> int:
-    size = _itemsize(tensor.dtype)
+    size = units.itemsize(tensor.dtype)
     if itemsize is not None and "float" in str(tensor.dtype):
         size = itemsize
     return _elements(tensor.shape, batch) * size
@@ -232,7 +223,7 @@ def _internal(layer: Any, inputs, outputs, batch: int, backend: str,
     kind = _kind(layer)
     out = _bytes_of(outputs, batch, itemsize)
     elements = sum(_elements(t.shape, batch) for t in outputs)
-    half = itemsize == 2 or any(_itemsize(t.dtype) == 2 for t in outputs)
+    half = itemsize == 2 or any(units.itemsize(t.dtype) == 2 for t in outputs)
     extra = 0
     if _activation(layer) in _SAVED_TWICE and kind != "Activation":
         extra += out  # the pre-activation, which the derivative needs
@@ -253,10 +244,10 @@ def _internal(layer: Any, inputs, outputs, batch: int, backend: str,
     elif "Dropout" in kind and getattr(layer, "rate", 0):
         extra += elements  # the mask, a byte per element
     elif kind == "MultiHeadAttention":
-        extra += _attention(layer, inputs, batch, backend, itemsize or _itemsize(outputs[0].dtype))
+        extra += _attention(layer, inputs, batch, backend, itemsize or units.itemsize(outputs[0].dtype))
     elif kind in _GATES:
         extra += _recurrent(layer, inputs, batch, backend,
-                            itemsize or _itemsize(outputs[0].dtype))
+                            itemsize or units.itemsize(outputs[0].dtype))
     return extra
 
 
@@ -312,7 +303,7 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
                          "graph to read")
     if dtype_policy is not None:
         compute = keras.dtype_policies.get(dtype_policy).compute_dtype
-        itemsize: Optional[int] = _itemsize(compute)
+        itemsize: Optional[int] = units.itemsize(compute)
     else:
         compute = model.dtype_policy.compute_dtype
         itemsize = None
@@ -342,7 +333,7 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
                 return True
         return False
 
-    half = _itemsize(compute) == 2
+    half = units.itemsize(compute) == 2
     trainable_bytes = _variables_bytes(trainable)
     casts = trainable_bytes // 2 if half and backend != "jax" else 0  # float16 kernel copies
     update_factor = {"torch": _TORCH_UPDATE.get(_optimizer_kind(optimizer), 2.0),
@@ -410,7 +401,7 @@ def _has_graph(model: Any) -> bool:
 
 
 def _input_bytes(model: Any, batch: int) -> int:
-    return sum(_elements(t.shape, batch) * _itemsize(t.dtype) for t in model.inputs)
+    return sum(_elements(t.shape, batch) * units.itemsize(t.dtype) for t in model.inputs)
 
 
 def _target_bytes(model: Any, batch: int) -> int:

@@ -17,6 +17,8 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Optional, Tuple
 
+from .units import itemsize
+
 MIN_BYTES = 1 << 20  # objects under 1 MiB are not worth a line
 
 
@@ -29,20 +31,11 @@ class LiveObject:
     bytes: int
 
 
-def _dtype_size(dtype: Any) -> int:
-    import numpy as np
-
-    try:
-        return np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).itemsize
-    except TypeError:
-        return int(getattr(dtype, "size", 4) or 4)
-
-
 def _shape_bytes(shape: Iterable, dtype: Any) -> int:
     count = 1
     for dim in shape:
         count *= int(dim or 0)
-    return count * _dtype_size(dtype)
+    return count * itemsize(dtype)
 
 
 def _keras_split(model: Any) -> Tuple[int, int]:

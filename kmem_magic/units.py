@@ -1,4 +1,5 @@
-"""Sizes: parse what a user types (``4GiB``, ``512MiB``, ``60%``) and print bytes for people.
+"""Sizes: parse what a user types (``4GiB``, ``512MiB``, ``60%``), print bytes for people, and
+the bytes of one element of a framework's dtype.
 
 >>> parse_limit("4GiB")
 Limit(bytes=4294967296, fraction=None)
@@ -8,6 +9,8 @@ Limit(bytes=4294967296, fraction=None)
 '1.50 GiB'
 >>> format_bytes(None)
 'unknown'
+>>> itemsize("bfloat16"), itemsize("float32")
+(2, 4)
 """
 
 from __future__ import annotations
@@ -103,3 +106,22 @@ def format_bytes(value: Optional[float], signed: bool = False) -> str:
         if value >= size:
             return f"{sign}{value / size:.2f} {unit}"
     return f"{sign}{int(value)} B"
+
+
+def itemsize(dtype: object) -> int:
+    """Bytes per element of ``dtype``: a name (``"float16"``, ``"bfloat16"``) or a NumPy,
+    TensorFlow, JAX, torch or Keras dtype (4 for one it cannot tell)."""
+    import numpy as np
+
+    try:
+        return np.dtype(getattr(dtype, "as_numpy_dtype", dtype)).itemsize
+    except TypeError:
+        pass
+    # bfloat16 is a NumPy dtype only once ml_dtypes is imported; torch's print as torch.float16
+    name = str(getattr(dtype, "name", dtype)).replace("torch.", "")
+    if "bfloat16" in name:
+        return 2
+    try:
+        return np.dtype(name).itemsize
+    except TypeError:
+        return 4

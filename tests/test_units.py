@@ -1,6 +1,6 @@
 import pytest
 
-from kmem_magic.units import GiB, MiB, format_bytes, parse_limit, parse_size
+from kmem_magic.units import GiB, MiB, format_bytes, itemsize, parse_limit, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -44,3 +44,20 @@ def test_unknown_prints_as_unknown_never_as_zero():
     assert format_bytes(-3 * MiB) == "-3.00 MiB"
     assert format_bytes(3 * MiB, signed=True) == "+3.00 MiB"
     assert format_bytes(0, signed=True) == "±0 B"
+
+
+@pytest.mark.parametrize("name, size", [("float32", 4), ("bfloat16", 2), ("float16", 2),
+                                        ("int64", 8), ("uint8", 1)])
+def test_itemsize_of_dtype_names(name, size):
+    assert itemsize(name) == size
+
+
+def test_itemsize_of_each_frameworks_dtypes():
+    import numpy as np
+
+    assert itemsize(np.dtype("float64")) == 8
+    for module, names in (("torch", ("bfloat16", "float16", "float32")),
+                          ("tensorflow", ("bfloat16", "float16", "float32")),
+                          ("jax.numpy", ("bfloat16", "float16", "float32"))):
+        framework = pytest.importorskip(module)
+        assert [itemsize(getattr(framework, n)) for n in names] == [2, 2, 4], module
