@@ -6,7 +6,7 @@ varying batch sizes leave. A hard cap exists only as ``set_per_process_memory_fr
 would start CUDA if called early, so kmem queues it with ``torch.cuda._lazy_call``: it runs as
 part of the user's own first CUDA use.
 
-``torch.cuda.memory_allocated`` and friends answer 0 without starting CUDA, but kmem calls them
+``torch.cuda.memory_stats`` and friends answer 0 without starting CUDA, but kmem calls them
 only once :meth:`Torch.is_initialized` is true anyway.
 """
 
@@ -87,7 +87,13 @@ class Torch(Backend):
             return {}
         import torch
 
-        return {i: int(torch.cuda.memory_allocated(i)) for i in range(torch.cuda.device_count())}
+        found = {}
+        for index in range(torch.cuda.device_count()):
+            # memory_allocated() is this same number after flattening and sorting every one of
+            # the allocator's statistics into a new dict, which costs more than reading it
+            stats = torch.cuda.memory_stats_as_nested_dict(index)
+            found[index] = int(stats.get("allocated_bytes", {}).get("all", {}).get("current", 0))
+        return found
 
     def begin_cell(self) -> Any:
         if not self.is_initialized():
