@@ -222,3 +222,25 @@ def test_find_batch_size_stays_under_a_hard_limit_and_the_kernel_trains_after(fr
     assert result["batch"] > 16
     assert result["same"], "weights as they were before the probes"
     assert result["fit_ok"], "the kernel trains at the size found, no restart"
+
+
+def test_memory_callback_reads_the_gpu_allocator_at_every_batch(fresh):
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        f"cell({FIT!r})",
+        'cell("from kmem_magic import MemoryCallback\\ncb = MemoryCallback(every=1)")',
+        'r = cell("%%gpumem\\nmodel.fit(x, y, batch_size=256, epochs=2, verbose=0, '
+        'callbacks=[cb])\\nNone")',
+        'RESULT["ok"] = r.success',
+        'rows = ip.user_ns["cb"].history',
+        'RESULT["allocator"] = [row["allocator_bytes"] for row in rows]',
+        'RESULT["device"] = [row["device_used_bytes"] for row in rows]',
+        'RESULT["weights"] = sum(w.nbytes for w in ip.user_ns["model"].get_weights())',
+        record_fields(),
+    ), env={"KERAS_BACKEND": BACKEND})
+    allocator, device = result["allocator"], result["device"]
+    assert result["ok"] and len(allocator) == 2 * 8192 // 256
+    # weights and Adam's two slots are in use from the first step on
+    assert None not in allocator and min(allocator) >= 3 * result["weights"]
+    assert max(allocator) <= result["alloc_peak"], "no row above the cell's exact peak"
+    assert None not in device and all(d >= a for d, a in zip(device, allocator))
