@@ -51,18 +51,48 @@ def test_by_default_recording_keeps_within_its_time_budget():
 
     slow = MemoryCallback()
     for batch in range(10):  # steps of 100 ms: every one is recorded
+        slow.on_train_batch_begin(batch)
         time.sleep(0.1)
-        slow.on_train_batch_end(batch)
+    slow.on_epoch_end(0)
     assert [row["batch"] for row in slow.history] == list(range(10))
 
     fast = MemoryCallback(overhead=0.01)
     start = time.perf_counter()
     for batch in range(3000):  # back-to-back steps: recording every one would cost 100 %
-        fast.on_train_batch_end(batch)
+        fast.on_train_batch_begin(batch)
     elapsed = time.perf_counter() - start
     recorded = [row["batch"] for row in fast.history]
     assert 0 < len(recorded) < 3000 and recorded == sorted(recorded)
     assert fast._spent <= 0.01 * elapsed + 0.001  # one row of slack: the check runs before it
+
+
+def test_rows_are_taken_on_the_thread_that_runs_fit_with_validation_in_between(fresh):
+    # On jax, Keras runs batch-end hooks on a worker thread, and JAX's memory_stats() from a
+    # second thread stalls the training loop: every row must come from the loop's own thread.
+    pytest.importorskip("jax")
+    result = fresh("""
+        import threading
+        import numpy as np, keras
+        from kmem_magic import MemoryCallback
+
+        class Where(MemoryCallback):
+            def record(self, phase="train", batch=None):
+                row = super().record(phase, batch)
+                row["thread"] = threading.get_ident()
+                return row
+
+        x = np.random.rand(320, 8).astype("float32"); y = np.random.rand(320, 1)
+        model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        cb = Where(every=1)
+        model.fit(x, y, batch_size=64, epochs=2, validation_data=(x[:128], y[:128]),
+                  validation_batch_size=32, verbose=0, callbacks=[cb])
+        RESULT["rows"] = [(r["phase"], r["batch"]) for r in cb.history]
+        RESULT["main"] = all(r["thread"] == threading.get_ident() for r in cb.history)
+    """, env={"KERAS_BACKEND": "jax"})
+    epoch = [["train", b] for b in range(5)] + [["test", b] for b in range(4)]
+    assert result["rows"] == epoch + epoch
+    assert result["main"]
 
 
 def test_epochs_are_marked_on_the_gpumem_time_axis(fresh):
