@@ -2,14 +2,15 @@
 
     KERAS_BACKEND=jax python benchmarks/callback_dispatch.py [--batches 20000] [--rounds 7]
 
-Keras' own CallbackList dispatches the batch-end hooks of every fit (its History callback is
-always there) to a worker thread; this drives that same CallbackList for ``--batches`` batches
-with no user callback, with an empty callback that has the same hook, and with
-``MemoryCallback()``, and flushes the worker at the end, so the time covers the hooks' own
+Keras' own CallbackList calls batch-begin hooks on the training loop's thread, and on jax hands
+the batch-end hooks (its History callback is always there) to a worker thread. This drives that
+same CallbackList for ``--batches`` batches, both hooks per batch as Keras' trainers call them,
+with no user callback, with an empty callback that has MemoryCallback's hook, and with
+``MemoryCallback()``, and flushes the worker at the end, so the time covers every hook's own
 execution. Printed: the median over rounds of the time per batch for each, and what
 MemoryCallback adds per batch over no callback, beside the step time it would be 1 % of.
-The rows MemoryCallback records are capped at the `overhead` share of the elapsed time by design; their cost
-per row is in callback_overhead.py.
+The rows MemoryCallback records are capped at its ``overhead`` share of the elapsed time; what
+one row costs is in callback_overhead.py.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def main() -> None:
                                  steps=args.batches)
         callbacks.on_train_begin()
         start = time.perf_counter()
-        for batch in range(args.batches):
+        for batch in range(args.batches):  # as Keras' trainers call them, once per step
+            callbacks.on_train_batch_begin(batch)
             callbacks.on_train_batch_end(batch, {"loss": 1.0})
         callbacks.on_epoch_end(0, {})  # waits for every dispatched hook to finish
         elapsed = time.perf_counter() - start
