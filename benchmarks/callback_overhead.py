@@ -131,8 +131,9 @@ def main() -> None:
     print(f"{recorded} of {steps} batches recorded; their rows took "
           f"{statistics.median(spent):.3%} of the fit by the callback's own clock (it records "
           f"while that is within {MemoryCallback().overhead:.2%})")
-    print(f"one recorded row: {row:.1f} us = " + ", ".join(
-        f"{name} {value:.1f} us" for name, value in parts.items()) + " (+ the row itself)")
+    print(f"one full row outside a fit: {row:.1f} us = " + ", ".join(
+        f"{name} {value:.1f} us" for name, value in parts.items()) + " (+ the row itself); "
+        "between full rows, twice a second, the budgeted rows read only the allocator counter")
     if keras.config.backend() == "torch" and backends.by_name("torch").is_initialized():
         import torch
 

@@ -66,6 +66,33 @@ def test_by_default_recording_keeps_within_its_time_budget():
     assert fast._spent <= 0.01 * elapsed + 0.001  # one row of slack: the check runs before it
 
 
+def test_budgeted_rows_read_nvml_and_host_rss_at_most_twice_a_second(monkeypatch):
+    pytest.importorskip("keras")
+    import time
+
+    from kmem_magic import MemoryCallback, backends
+
+    # a started JAX whose allocator counter says 5 MiB (faked at the counter)
+    jax = type(backends.by_name("jax"))
+    monkeypatch.setattr(jax, "is_initialized", lambda self: True)
+    monkeypatch.setattr(jax, "stats", lambda self: {0: {"bytes_in_use": 5 * 2**20}})
+    callback = MemoryCallback(overhead=1.0)
+    for batch in range(6):  # steps of 200 ms
+        callback.on_train_batch_begin(batch)
+        time.sleep(0.2)
+    callback.on_epoch_end(0)
+    rows = callback.history
+    assert [row["allocator_bytes"] for row in rows] == [5 * 2**20] * 6
+    with_host = [row["batch"] for row in rows if row["host_rss_bytes"] is not None]
+    assert with_host[0] == 0 and 2 <= len(with_host) <= 3, with_host
+    assert callback.record("train_on_batch")["host_rss_bytes"] > 0, "record() reads everything"
+    every = MemoryCallback(every=1)
+    for batch in range(3):
+        every.on_train_batch_begin(batch)
+    every.on_epoch_end(0)
+    assert all(row["host_rss_bytes"] for row in every.history)
+
+
 def test_rows_are_taken_on_the_thread_that_runs_fit_with_validation_in_between(fresh):
     # On jax, Keras runs batch-end hooks on a worker thread, and JAX's memory_stats() from a
     # second thread stalls the training loop: every row must come from the loop's own thread.
