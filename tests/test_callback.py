@@ -43,13 +43,13 @@ def test_callback_records_every_batch_of_fit_evaluate_and_predict(fresh):
     assert "positive integer" in result["bad"]
 
 
-def test_by_default_recording_keeps_within_its_time_budget():
+def test_recording_keeps_within_its_time_budget():
     pytest.importorskip("keras")
     import time
 
     from kmem_magic import MemoryCallback
 
-    slow = MemoryCallback()
+    slow = MemoryCallback(overhead=0.01)
     for batch in range(10):  # steps of 100 ms: every one is recorded
         slow.on_train_batch_begin(batch)
         time.sleep(0.1)
