@@ -140,7 +140,7 @@ def _elements(shape: Sequence, batch: int) -> int:
 
 
 def _variables_bytes(variables) -> int:
-    return sum(_elements(v.shape, 1) * units.itemsize(v.dtype) for v in variables)
+    return sum(units.nbytes(v.shape, v.dtype) for v in variables)
 
 
 def _slot_bytes(optimizer: Any, trainable) -> int:
@@ -244,7 +244,8 @@ def _internal(layer: Any, inputs, outputs, batch: int, backend: str,
     elif "Dropout" in kind and getattr(layer, "rate", 0):
         extra += elements  # the mask, a byte per element
     elif kind == "MultiHeadAttention":
-        extra += _attention(layer, inputs, batch, backend, itemsize or units.itemsize(outputs[0].dtype))
+        extra += _attention(layer, inputs, batch, backend,
+                            itemsize or units.itemsize(outputs[0].dtype))
     elif kind in _GATES:
         extra += _recurrent(layer, inputs, batch, backend,
                             itemsize or units.itemsize(outputs[0].dtype))
@@ -269,7 +270,7 @@ def _attention(layer, inputs, batch, backend, size) -> int:
 
 def _recurrent(layer, inputs, batch, backend, size) -> int:
     steps = _elements(inputs[0].shape[1:-1], 1)
-    units = layer.units if hasattr(layer, "units") else layer.cell.units
+    width = layer.units if hasattr(layer, "units") else layer.cell.units
     # what one time step keeps, in units of the layer's width per gate (measured on an
     # H200): torch runs LSTMs through cuDNN, which keeps the gates and states, and other
     # cells step by step, keeping every op's inputs; jax runs LSTMs through cuDNN's RNN,
@@ -279,7 +280,7 @@ def _recurrent(layer, inputs, batch, backend, size) -> int:
         per_unit = _GATES[kind] * (2.4 if kind == "LSTM" else 5.5)
     else:
         per_unit = _GATES[kind] * (9 if kind == "LSTM" else 3.7)
-    return int(steps * batch * per_unit * units * size)
+    return int(steps * batch * per_unit * width * size)
 
 
 def estimate(model: Any, batch_size: int, optimizer: Any = None,
@@ -377,7 +378,7 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
     fixed = weights + slots + _WORKSPACE.get(backend, 0)
 
     def data_bytes(batch: int) -> int:
-        return _input_bytes(model, batch) + _target_bytes(model, batch)
+        return _bytes_of(model.inputs, batch, None) + _target_bytes(model, batch)
 
     def peak_at(batch: int) -> int:
         return fixed + data_bytes(batch) + step(batch)[0]
@@ -398,10 +399,6 @@ def _optimizer_kind(optimizer: Any) -> str:
 
 def _has_graph(model: Any) -> bool:
     return bool(getattr(model, "outputs", None)) and bool(getattr(model, "layers", None))
-
-
-def _input_bytes(model: Any, batch: int) -> int:
-    return sum(_elements(t.shape, batch) * units.itemsize(t.dtype) for t in model.inputs)
 
 
 def _target_bytes(model: Any, batch: int) -> int:

@@ -46,11 +46,11 @@ class MemoryCallback(_Base):
     """Records memory after each batch of fit, evaluate and predict.
 
     By default it records every batch as long as recording costs at most ``overhead`` (0.2 %)
-    of the elapsed time by its own clock, so very fast steps are sampled instead (each row names its batch);
-    ``every=N`` records exactly every N-th batch whatever it costs. Once a GPU allocator is
-    known, the budgeted rows read NVML's device used and host RSS at most twice a second (None
-    in the rows in between); ``every=N`` rows and :meth:`record` read everything. Use
-    :meth:`record` in hand-written ``train_on_batch`` loops.
+    of the elapsed time by its own clock, so very fast steps are sampled instead (each row
+    names its batch); ``every=N`` records exactly every N-th batch whatever it costs. Once a
+    GPU allocator is known, the budgeted rows read NVML's device used and host RSS at most
+    twice a second (None in the rows in between); ``every=N`` rows and :meth:`record` read
+    everything. Use :meth:`record` in hand-written ``train_on_batch`` loops.
     """
 
     def __init__(self, every: Optional[int] = None, overhead: float = 0.002) -> None:
@@ -84,18 +84,18 @@ class MemoryCallback(_Base):
             in_use = backend.allocator_in_use()
             if in_use:
                 allocated = (allocated or 0) + sum(in_use.values())
-        used: List[Optional[int]] = [None]
-        rss = None
+        device = rss = None
         if full or allocated is None or now - self._last_full >= FULL_ROWS_EVERY_S:
             self._last_full = now
             used = [_nvml.memory_used(d) for d in self._devices]
+            device = None if not used or None in used else sum(used)
             rss = self._process.memory_info().rss
         row = {
             "t_s": now - self._t0,
             "phase": phase,
             "batch": batch,
             "allocator_bytes": allocated,
-            "device_used_bytes": None if not used or None in used else sum(used),
+            "device_used_bytes": device,
             "host_rss_bytes": rss,
         }
         self.history.append(row)

@@ -15,9 +15,9 @@ from __future__ import annotations
 import sys
 import types
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-from .units import itemsize
+from .units import nbytes
 
 MIN_BYTES = 1 << 20  # objects under 1 MiB are not worth a line
 
@@ -31,18 +31,11 @@ class LiveObject:
     bytes: int
 
 
-def _shape_bytes(shape: Iterable, dtype: Any) -> int:
-    count = 1
-    for dim in shape:
-        count *= int(dim or 0)
-    return count * itemsize(dtype)
-
-
 def _keras_split(model: Any) -> Tuple[int, int]:
     """Bytes of the weights and of the optimizer state of a Keras model or layer."""
-    weights = sum(_shape_bytes(w.shape, w.dtype) for w in getattr(model, "weights", []))
+    weights = sum(nbytes(w.shape, w.dtype) for w in getattr(model, "weights", []))
     slots = getattr(getattr(model, "optimizer", None), "variables", [])
-    return weights, sum(_shape_bytes(v.shape, v.dtype) for v in slots)
+    return weights, sum(nbytes(v.shape, v.dtype) for v in slots)
 
 
 def measure(value: Any) -> Optional[Tuple[str, int]]:
@@ -51,7 +44,7 @@ def measure(value: Any) -> Optional[Tuple[str, int]]:
     if keras is not None and isinstance(value, keras.layers.Layer):
         return f"Keras {type(value).__name__}", sum(_keras_split(value))
     if keras is not None and isinstance(value, keras.Variable):
-        return "Keras variable", _shape_bytes(value.shape, value.dtype)
+        return "Keras variable", nbytes(value.shape, value.dtype)
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(value, torch.Tensor):
         where = "GPU" if value.is_cuda else "CPU"
@@ -61,7 +54,7 @@ def measure(value: Any) -> Optional[Tuple[str, int]]:
         return "jax array", int(value.nbytes)
     tf = sys.modules.get("tensorflow")
     if tf is not None and isinstance(value, (tf.Tensor, tf.Variable)):
-        return "TensorFlow tensor", _shape_bytes(value.shape, value.dtype)
+        return "TensorFlow tensor", nbytes(value.shape, value.dtype)
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray):
         return "numpy array (host)", int(value.nbytes)

@@ -17,7 +17,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from . import backends
+from . import backends, units
 
 
 @dataclass(frozen=True)
@@ -69,23 +69,19 @@ def xla_step_bytes(train_step: Callable, state: Any, data: Any) -> int:
     state: the batch, the temporaries and the outputs that do not reuse an input's buffer.
     ``state`` and ``data`` may be arrays or shapes (``jax.ShapeDtypeStruct``)."""
     import jax
-    import numpy as np
 
     state, data = _abstract(state), _abstract(data)
     compiled = jax.jit(train_step, donate_argnums=0).lower(state, data).compile()
     analysis = compiled.memory_analysis()
-    batch = sum(int(np.prod(d.shape)) * d.dtype.itemsize for d in jax.tree_util.tree_leaves(data))
-    return int(batch + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+    return int(state_bytes(data) + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
                - analysis.alias_size_in_bytes)
 
 
 def state_bytes(state: Any) -> int:
     """Bytes of a (possibly abstract) JAX state tree."""
     import jax
-    import numpy as np
 
-    return sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize
-               for a in jax.tree_util.tree_leaves(state))
+    return sum(units.nbytes(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(state))
 
 
 def _xla_step_bytes(model: Any, x: Any, y: Any) -> Optional[int]:

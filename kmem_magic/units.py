@@ -1,5 +1,5 @@
 """Sizes: parse what a user types (``4GiB``, ``512MiB``, ``60%``), print bytes for people, and
-the bytes of one element of a framework's dtype.
+the bytes of a framework's dtypes and arrays.
 
 >>> parse_limit("4GiB")
 Limit(bytes=4294967296, fraction=None)
@@ -9,15 +9,15 @@ Limit(bytes=4294967296, fraction=None)
 '1.50 GiB'
 >>> format_bytes(None)
 'unknown'
->>> itemsize("bfloat16"), itemsize("float32")
-(2, 4)
+>>> itemsize("bfloat16"), nbytes((1024, 256), "float16")
+(2, 524288)
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 KiB = 1024
 MiB = 1024**2
@@ -125,3 +125,11 @@ def itemsize(dtype: object) -> int:
         return np.dtype(name).itemsize
     except TypeError:
         return 4
+
+
+def nbytes(shape: Iterable, dtype: object) -> int:
+    """Bytes of an array of ``shape`` and ``dtype`` (an unknown dimension counts as 0)."""
+    count = 1
+    for dim in shape:
+        count *= int(dim or 0)
+    return count * itemsize(dtype)
