@@ -1,6 +1,7 @@
 """One small, identical surface per framework Keras can run on: tensorflow, jax, torch.
 
-Every method is safe to call at any time: none imports or starts a framework. Methods that read
+Every method is safe to call at any time, from any thread: none imports or starts a framework,
+and none touches one whose import is still running (see :func:`loaded`). Methods that read
 allocator counters answer only for a framework the user's code has already started.
 
 =====================  ======================================================================
@@ -19,10 +20,25 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from types import ModuleType
 from typing import Any, Dict, List, Optional
 
 from ..policy import Report
 from ..record import Peak
+
+
+def loaded(name: str) -> Optional[ModuleType]:
+    """The module ``name`` if its import has finished, else None; never imports anything.
+
+    The sampler calls the backends from its own thread while the cell may be importing a
+    framework. Importing (even ``from jax._src import xla_bridge``) or reading a module that
+    another thread is still executing takes part in that import: Python hands one of the two
+    threads half a module, and the user's ``import keras`` fails.
+    """
+    module = sys.modules.get(name)
+    if module is None or getattr(getattr(module, "__spec__", None), "_initializing", False):
+        return None
+    return module
 
 
 class Backend:
@@ -95,7 +111,7 @@ def started() -> List[Backend]:
 
 def keras_backend() -> Optional[str]:
     """The backend Keras runs on, if the user imported Keras (Keras reads it once, at import)."""
-    keras = sys.modules.get("keras")
+    keras = loaded("keras")
     if keras is None:
         return None
     try:

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 
 from ..policy import Report, too_late
 from ..record import Peak
-from . import Backend
+from . import Backend, loaded
 
 PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
 # jaxlib reads the newer XLA_CLIENT_MEM_FRACTION first and raises if both are set, so kmem sets
@@ -31,13 +31,8 @@ class Jax(Backend):
     package = "jax"
 
     def is_initialized(self) -> bool:
-        if "jax" not in sys.modules:
-            return False
-        try:
-            from jax._src import xla_bridge
-        except ImportError:
-            return False
-        return bool(xla_bridge.backends_are_initialized())
+        bridge = loaded("jax._src.xla_bridge") if loaded("jax") else None
+        return bridge is not None and bool(bridge.backends_are_initialized())
 
     _devices: Optional[List[Any]] = None
 

@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 from ..policy import Report, too_late
 from ..record import Peak
 from ..units import MiB
-from . import Backend
+from . import Backend, loaded
 
 GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
 
@@ -28,11 +28,8 @@ class TensorFlow(Backend):
     package = "tensorflow"
 
     def is_initialized(self) -> bool:
-        if "tensorflow" not in sys.modules:
-            return False
-        try:
-            from tensorflow.python.eager import context
-        except ImportError:
+        context = loaded("tensorflow.python.eager.context") if loaded("tensorflow") else None
+        if context is None:
             return False
         ctx = context.context_safe()
         return ctx is not None and getattr(ctx, "_context_handle", None) is not None

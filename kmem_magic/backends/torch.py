@@ -19,7 +19,7 @@ from typing import Any, Dict
 
 from ..policy import Report, too_late
 from ..record import Peak
-from . import Backend
+from . import Backend, loaded
 
 SEGMENTS = "expandable_segments:True"
 
@@ -42,7 +42,7 @@ class Torch(Backend):
     package = "torch"
 
     def is_initialized(self) -> bool:
-        torch = sys.modules.get("torch")
+        torch = loaded("torch")
         cuda = getattr(torch, "cuda", None)
         return bool(cuda is not None and cuda.is_initialized())
 
