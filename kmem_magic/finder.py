@@ -64,12 +64,13 @@ def _capacity() -> Optional[int]:
     """What this process may allocate on GPU 0: the framework's cap if it has one, else what
     its allocator holds in use plus what the device has free."""
     backend = backends.keras_backend()
+    framework = backends.by_name(backend)  # None on Keras' numpy or openvino backends
     if backend == "jax":
-        limit = backends.by_name("jax").stats().get(0, {}).get("bytes_limit")
+        limit = framework.stats().get(0, {}).get("bytes_limit")
         if limit:
             return int(limit)
-    in_use = backends.by_name(backend).allocator_in_use().get(0, 0) if backend else 0
-    if backend == "torch" and backends.by_name("torch").is_initialized():
+    in_use = framework.allocator_in_use().get(0, 0) if framework else 0
+    if backend == "torch" and framework.is_initialized():
         torch = sys.modules["torch"]
         fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda *_: 1.0)(0)
         if fraction < 1.0:

@@ -35,7 +35,7 @@ def _run_and_read(backend: str, run: Callable[[], Any], batch_size: int):
     through the backend (torch and TensorFlow reset their peak first).
 
     This is the one place that touches the hardware counters (tests fake it here)."""
-    framework = next((b for b in backends.BACKENDS if b.name == backend), None)
+    framework = backends.by_name(backend)
     if framework is None:
         run()
         return None, None, "no GPU"

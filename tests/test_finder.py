@@ -145,3 +145,19 @@ def test_the_default_budget_is_the_free_gpu_memory_less_headroom_and_a_larger_on
     capped = kmem_magic.find_batch_size(model, x, y, budget="64GiB")
     assert capped.budget_bytes == 12 * 2**30 and capped.capped
     assert "capped at what this process may use" in str(capped)
+
+
+def test_a_keras_backend_without_a_gpu_allocator_gets_keras_own_error(fresh):
+    # Keras' numpy backend cannot train: the user sees Keras' message, not a bare StopIteration
+    # from looking up an allocator that backend does not have.
+    result = fresh("""
+        import numpy as np, keras, kmem_magic
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile("adam", "mse")
+        try:
+            kmem_magic.find_batch_size(model, np.ones((64, 4), "float32"),
+                                       np.ones((64, 2), "float32"), budget="64MiB")
+        except Exception as error:
+            RESULT["error"] = f"{type(error).__name__}: {error}"
+    """, env={"KERAS_BACKEND": "numpy"})
+    assert result["error"].startswith("NotImplementedError") and "NumPy" in result["error"]

@@ -120,9 +120,10 @@ def keras_backend() -> Optional[str]:
         return None
 
 
-def by_name(name: str) -> Backend:
-    """The backend called ``name`` (tensorflow, jax or torch)."""
-    return next(backend for backend in BACKENDS if backend.name == name)
+def by_name(name: Optional[str]) -> Optional[Backend]:
+    """The backend called ``name`` (tensorflow, jax or torch); None for any other name, such as
+    Keras' numpy or openvino backends, which have no GPU allocator to read."""
+    return next((backend for backend in BACKENDS if backend.name == name), None)
 
 
 def is_oom(error: BaseException) -> bool:
