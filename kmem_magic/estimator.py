@@ -139,10 +139,6 @@ def _elements(shape: Sequence, batch: int) -> int:
     return count
 
 
-def _variables_bytes(variables) -> int:
-    return sum(units.nbytes(v.shape, v.dtype) for v in variables)
-
-
 def _slot_bytes(optimizer: Any, trainable) -> int:
     """Bytes of the optimizer's state: counted from its variables once built, else from
     the per-optimizer slot table (and the options that add a slot)."""
@@ -150,7 +146,7 @@ def _slot_bytes(optimizer: Any, trainable) -> int:
     if inner is not None:  # LossScaleOptimizer: a few scalars around the real one
         return _slot_bytes(inner, trainable)
     if getattr(optimizer, "built", False) and optimizer.variables:
-        return _variables_bytes(optimizer.variables)
+        return units.total_nbytes(optimizer.variables)
     kind = type(optimizer).__name__
     if kind == "Adafactor":  # a velocity, and for matrices a factored row and column
         total = 0
@@ -170,7 +166,7 @@ def _slot_bytes(optimizer: Any, trainable) -> int:
         slots += 1
     if config.get("use_ema"):
         slots += 1
-    return slots * _variables_bytes(trainable)
+    return slots * units.total_nbytes(trainable)
 
 
 def _nodes(model: Any) -> List[Tuple[Any, list, list]]:
@@ -316,7 +312,7 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
         optimizer = keras.optimizers.Adam()
 
     trainable = model.trainable_variables
-    weights = _variables_bytes(model.variables)
+    weights = units.total_nbytes(model.variables)
     slots = _slot_bytes(optimizer, trainable)
     nodes = [n for n in _nodes(model) if _kind(n[0]) != "InputLayer"]
     model_outputs = {id(t) for t in model.outputs}
@@ -335,7 +331,7 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
         return False
 
     half = units.itemsize(compute) == 2
-    trainable_bytes = _variables_bytes(trainable)
+    trainable_bytes = units.total_nbytes(trainable)
     casts = trainable_bytes // 2 if half and backend != "jax" else 0  # float16 kernel copies
     update_factor = {"torch": _TORCH_UPDATE.get(_optimizer_kind(optimizer), 2.0),
                      "tensorflow": 1.0}.get(backend, 0.0)
@@ -348,7 +344,7 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
     for layer, _, outs in nodes:
         kept_outputs.append([] if _kind(layer) in _VIEWS else
                             [t for t in outs if _needs_output(layer) or read_later(t)])
-        grads.append(0 if id(layer) in counted else _variables_bytes(layer.trainable_variables))
+        grads.append(0 if id(layer) in counted else units.total_nbytes(layer.trainable_variables))
         counted.add(id(layer))
 
     def step(batch: int) -> Tuple[int, int, int, int, List[Tuple[str, int]]]:

@@ -17,7 +17,7 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .units import nbytes
+from .units import nbytes, total_nbytes
 
 MIN_BYTES = 1 << 20  # objects under 1 MiB are not worth a line
 
@@ -33,9 +33,8 @@ class LiveObject:
 
 def _keras_split(model: Any) -> Tuple[int, int]:
     """Bytes of the weights and of the optimizer state of a Keras model or layer."""
-    weights = sum(nbytes(w.shape, w.dtype) for w in getattr(model, "weights", []))
     slots = getattr(getattr(model, "optimizer", None), "variables", [])
-    return weights, sum(nbytes(v.shape, v.dtype) for v in slots)
+    return total_nbytes(getattr(model, "weights", [])), total_nbytes(slots)
 
 
 def measure(value: Any) -> Optional[Tuple[str, int]]:

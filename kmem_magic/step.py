@@ -81,7 +81,7 @@ def state_bytes(state: Any) -> int:
     """Bytes of a (possibly abstract) JAX state tree."""
     import jax
 
-    return sum(units.nbytes(a.shape, a.dtype) for a in jax.tree_util.tree_leaves(state))
+    return units.total_nbytes(jax.tree_util.tree_leaves(state))
 
 
 def _xla_step_bytes(model: Any, x: Any, y: Any) -> Optional[int]:

@@ -133,3 +133,9 @@ def nbytes(shape: Iterable, dtype: object) -> int:
     for dim in shape:
         count *= int(dim or 0)
     return count * itemsize(dtype)
+
+
+def total_nbytes(arrays: Iterable) -> int:
+    """Bytes of ``arrays``: anything with a ``shape`` and a ``dtype`` (variables, tensors,
+    ``jax.ShapeDtypeStruct``)."""
+    return sum(nbytes(a.shape, a.dtype) for a in arrays)
