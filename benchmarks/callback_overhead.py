@@ -114,7 +114,7 @@ def main() -> None:
     row = microseconds(lambda: every.record("train", 0))
     parts = {
         "allocator counter": microseconds(
-            lambda: [b.allocator_in_use() for b in backends.started()]),
+            lambda: [b.in_use() for b in backends.started()]),
         "NVML device used": microseconds(lambda: [_nvml.memory_used(d) for d in devices]),
         "host RSS": microseconds(process.memory_info),
     }

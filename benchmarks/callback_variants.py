@@ -32,7 +32,7 @@ def main() -> None:
 
     from callback_overhead import empty_callback, interval, model_and_data
     from kmem_magic import MemoryCallback, _nvml, backends
-    from kmem_magic.sampler import Sampler
+    from kmem_magic.measure import Sampler
 
     class Timed(MemoryCallback):
         """Times each row; ``parts`` picks what a row reads."""
@@ -46,7 +46,7 @@ def main() -> None:
             if self.parts == "all":
                 row = super()._row(phase, batch, full)
             elif self.parts == "allocator":
-                row = [b.allocator_in_use() for b in backends.started()]
+                row = [b.in_use() for b in backends.started()]
             else:
                 row = ([_nvml.memory_used(d) for d in self._devices],
                        self._process.memory_info().rss)

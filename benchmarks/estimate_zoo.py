@@ -37,8 +37,9 @@ import json, sys
 sys.path[:0] = [{root!r}, {here!r}]
 import keras
 from zoo import ZOO
-from kmem_magic.estimator import estimate, rule_of_thumb
-from kmem_magic import step
+from kmem_magic.plan.estimator import estimate, rule_of_thumb
+from kmem_magic import backends
+from kmem_magic.plan import probe as step
 name, batch, policy = {name!r}, {batch}, {policy!r}
 keras.config.set_dtype_policy(policy)
 model, make = ZOO[name](keras)
@@ -53,7 +54,7 @@ if keras.config.backend() == "jax":
     model.train_on_batch(x, y)
     model.train_on_batch(x, y)
     lifetime = gpu.memory_stats()["peak_bytes_in_use"]
-    row["xla"] = gpu.memory_stats()["bytes_in_use"] + step._xla_step_bytes(model, x, y)
+    row["xla"] = gpu.memory_stats()["bytes_in_use"] + backends.by_name("jax").step_bytes(model, x, y)
     # the steps' peak is the lifetime peak if they set it (not the weights' initializers)
     row["measured"], row["source"] = ((lifetime, "allocator") if lifetime > built else
                                       (row["xla"], "XLA buffer assignment"))

@@ -27,8 +27,8 @@ sys.path[:0] = [{root!r}, {here!r}]
 import keras
 from zoo import ZOO
 import kmem_magic
-from kmem_magic import step
-from kmem_magic.units import parse_size
+from kmem_magic.plan import probe as step
+from kmem_magic.sizes import parse_size
 model, make = ZOO[{name!r}](keras)
 """
 FINDER = PRELUDE + r"""
@@ -86,7 +86,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=4)
     args = parser.parse_args()
     sys.path.insert(0, ROOT)
-    from kmem_magic.units import parse_size
+    from kmem_magic.sizes import parse_size
 
     budget = parse_size(args.budget)
     names = args.models.split(",")

@@ -56,11 +56,11 @@ class NaivePoller:
 
     def __init__(self) -> None:
         from kmem_magic import _nvml, backends
-        from kmem_magic.sampler import host_rss
+        from kmem_magic._host import host_rss
 
         self.devices = _nvml.devices()
         self.read = lambda: ([_nvml.memory_used(d) for d in self.devices],
-                             [b.allocator_in_use() for b in backends.BACKENDS], host_rss())
+                             [b.in_use() for b in backends.BACKENDS], host_rss())
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name="naive-poller", daemon=True)
 
@@ -155,7 +155,7 @@ def in_kernel(argv) -> None:
 def fixed_costs(shell) -> str:
     """What one measured cell costs beside the code it runs, and one sampler tick, in ms."""
     from kmem_magic import _nvml, backends
-    from kmem_magic.sampler import Sampler
+    from kmem_magic.measure import Sampler
 
     def median_ms(source: str) -> float:
         runs = []

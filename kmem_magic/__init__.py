@@ -2,19 +2,22 @@
 
 ``%load_ext kmem_magic`` applies a memory policy (growth by default, or a hard limit) to every
 Keras backend (tensorflow, jax, torch) that has not started yet; ``%%gpumem`` measures a cell's
-GPU and host memory and shows its peak and what it left behind; ``%gpumem status`` shows what
-is in place. For Keras code: ``MemoryCallback`` (memory per batch), ``estimate`` (a training
+GPU and host memory and shows its peak and what it left behind (``%%gpumem -o rec`` also keeps
+the record, and :func:`history` returns every record of the kernel); ``%gpumem status`` shows
+what is in place. For Keras code: ``MemoryCallback`` (memory per batch), ``estimate`` (a training
 step's peak, before it runs) and ``find_batch_size`` (the largest batch that fits). Importing
 this package is cheap: no framework, NVML, matplotlib or ipywidgets.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-__all__ = ["load_ipython_extension", "unload_ipython_extension", "MemoryCallback", "estimate",
-           "find_batch_size", "__version__"]
+from typing import Any, Dict, Tuple
 
-_LOADED: dict = {}
+__version__ = "0.1.0"
+__all__ = ["load_ipython_extension", "unload_ipython_extension", "history", "MemoryCallback",
+           "estimate", "find_batch_size", "__version__"]
+
+_LOADED: Dict[int, Any] = {}
 
 
 def load_ipython_extension(ipython) -> None:
@@ -36,27 +39,30 @@ def unload_ipython_extension(ipython) -> None:
         return
     magics.unload()
     manager = ipython.magics_manager
-    for kind in ("line", "cell"):
-        if manager.magics[kind].get("gpumem") == getattr(magics, "gpumem", None):
+    for kind, method in (("line", magics.gpumem_line), ("cell", magics.gpumem_cell)):
+        if manager.magics[kind].get("gpumem") == method:
             manager.magics[kind].pop("gpumem", None)
     manager.registry.pop(type(magics).__name__, None)
     if magics in ipython.configurables:
         ipython.configurables.remove(magics)
 
 
+def history(shell: Any = None) -> Tuple[Any, ...]:
+    """The records (``CellRecord``) of the cells ``%%gpumem`` measured in this kernel, oldest
+    first (at most ``GpuMem.history_size``); empty when kmem_magic is not loaded."""
+    if shell is None:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+    magics = _LOADED.get(id(shell))
+    return tuple(magics.history) if magics is not None else ()
+
+
 def __getattr__(name: str):
     """``MemoryCallback``, ``estimate`` and ``find_batch_size``, imported (with Keras) only
     when first used."""
-    if name == "MemoryCallback":
-        from .keras import MemoryCallback
+    if name in ("MemoryCallback", "estimate", "find_batch_size"):
+        from . import plan
 
-        return MemoryCallback
-    if name == "estimate":
-        from .estimator import estimate
-
-        return estimate
-    if name == "find_batch_size":
-        from .finder import find_batch_size
-
-        return find_batch_size
+        return getattr(plan, name)
     raise AttributeError(f"module 'kmem_magic' has no attribute {name!r}")

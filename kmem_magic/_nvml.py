@@ -16,30 +16,16 @@ import subprocess
 import sys
 import threading
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
+
+from .record import Device
 
 _lock = threading.Lock()
 _nvml: Any = None
 _reason: Optional[str] = None
-_devices: Optional[List["Device"]] = None
+_devices: Optional[List[Device]] = None
+_handles: Dict[str, Any] = {}  # NVML's handle of each visible device, by UUID
 _order_note: Optional[str] = None
-
-
-@dataclass(frozen=True)
-class Device:
-    """One GPU as the frameworks see it: ``cuda_index`` is ``cuda:N`` / ``GPU:N`` / ``gpu:N``."""
-
-    cuda_index: int
-    nvml_index: int
-    uuid: str
-    name: str
-    total_bytes: int
-    handle: Any = field(default=None, compare=False, repr=False)
-
-    @property
-    def label(self) -> str:
-        return f"GPU {self.cuda_index}"
 
 
 def _load() -> Any:
@@ -84,7 +70,8 @@ def unavailable_reason() -> Optional[str]:
 
 
 def order_note() -> Optional[str]:
-    """A caveat about how CUDA ordinals were matched to NVML devices, if any."""
+    """A caveat about how CUDA ordinals were matched to NVML devices, if any (``%gpumem
+    status`` shows it)."""
     devices()
     return _order_note
 
@@ -189,10 +176,10 @@ def devices() -> List[Device]:
         else:
             visible = _select_visible(every, spec) or []
             _order_note = "CUDA device order could not be read; assumed PCI-bus order"
-    _devices = [
-        Device(cuda_index=i, nvml_index=d[0], uuid=d[1], name=d[2], total_bytes=d[3], handle=d[4])
-        for i, d in enumerate(visible)
-    ]
+    _handles.clear()
+    _handles.update({d[1]: d[4] for d in visible})
+    _devices = [Device(index=i, name=d[2], uuid=d[1], total_bytes=d[3])
+                for i, d in enumerate(visible)]
     return _devices
 
 
@@ -203,10 +190,11 @@ def memory_used(device: Device) -> Optional[int]:
         return None
     try:
         # v1's `used` also counts memory the driver reserves for itself (hundreds of MiB).
-        return int(nvml.nvmlDeviceGetMemoryInfo(device.handle, version=nvml.nvmlMemory_v2).used)
+        handle = _handles.get(device.uuid)
+        return int(nvml.nvmlDeviceGetMemoryInfo(handle, version=nvml.nvmlMemory_v2).used)
     except (nvml.NVMLError, TypeError, AttributeError):
         try:
-            return int(nvml.nvmlDeviceGetMemoryInfo(device.handle).used)
+            return int(nvml.nvmlDeviceGetMemoryInfo(handle).used)
         except nvml.NVMLError:
             return None
 
@@ -221,7 +209,7 @@ def processes(device: Device) -> Optional[List[Tuple[int, Optional[int]]]]:
     if nvml is None:
         return None
     try:
-        found = nvml.nvmlDeviceGetComputeRunningProcesses(device.handle)
+        found = nvml.nvmlDeviceGetComputeRunningProcesses(_handles.get(device.uuid))
     except nvml.NVMLError:
         return None
     return [(int(p.pid), None if p.usedGpuMemory is None else int(p.usedGpuMemory)) for p in found]
@@ -258,3 +246,4 @@ def reset_for_tests() -> None:
     global _nvml, _reason, _devices, _order_note
     with _lock:
         _nvml, _reason, _devices, _order_note = None, None, None, None
+        _handles.clear()

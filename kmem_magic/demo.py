@@ -108,7 +108,11 @@ def run_shell(out_dir: str) -> int:
     """The same training in an in-process IPython shell; writes text, PNG, JSON and CSV."""
     from IPython.core.interactiveshell import InteractiveShell
 
-    from .plot import png
+    import kmem_magic
+
+    from .show import text
+    from .show.export import timeline_csv
+    from .show.plot import png
 
     shell = InteractiveShell.instance()
     shell.run_line_magic("load_ext", "kmem_magic")
@@ -119,13 +123,13 @@ def run_shell(out_dir: str) -> int:
     result = shell.run_cell(TRAIN, store_history=True)
     if not result.success:
         return 1
-    record = shell.magics_manager.registry["GpuMem"].history[-1]
+    record = kmem_magic.history(shell)[-1]
     os.makedirs(out_dir, exist_ok=True)
     files = {
-        "summary.txt": record.summary() + "\n",
+        "summary.txt": text.summary(record) + "\n",
         "memory.png": png(record),
         "record.json": record.to_json(),
-        "timeline.csv": record.to_csv(),
+        "timeline.csv": timeline_csv(record),
     }
     for name, content in files.items():
         mode = "wb" if isinstance(content, bytes) else "w"

@@ -16,13 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from labdriver import jupyterlab, notebook_page, write_notebook  # noqa: E402
 
 REBUILD = """
-from kmem_magic._nvml import Device
-from kmem_magic.panel import Panel
-from kmem_magic.plot import png
 from kmem_magic.record import CellRecord
+from kmem_magic.show.panel import Panel
+from kmem_magic.show.plot import png
 record = CellRecord.from_json(open("record.json").read())
-devices = [Device(d.index, d.index, d.uuid, d.name, d.total_bytes) for d in record.devices]
-panel = Panel("", devices, [d.limit_bytes for d in record.devices], live=False)
+panel = Panel("", record.devices, live=False)
 panel.finish(record, png(record))
 """
 

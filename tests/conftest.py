@@ -107,6 +107,7 @@ class FakeNvml:
         self.gpus = gpus
         self.missing = missing
         self.calls = []
+        self.failing_reads = set()  # numbers (1, 2, ...) of the `used` reads that raise
 
     def nvmlInit(self):
         if self.missing:
@@ -126,6 +127,9 @@ class FakeNvml:
 
     def nvmlDeviceGetMemoryInfo(self, handle, version=None):
         self.calls.append(("memory", handle, version))
+        reads = sum(1 for call in self.calls if call[0] == "memory" and call[2] is not None)
+        if version is not None and reads in self.failing_reads:
+            raise RuntimeError("driver hiccup")  # not an NVMLError: a fault kmem did not expect
         gpu = self.gpus[handle]
         return SimpleNamespace(total=gpu["total"], used=gpu["used"], free=gpu["total"] - gpu["used"])
 
@@ -156,13 +160,18 @@ def gpu(index, name="NVIDIA H100 80GB HBM3", total=80 * 2**30, used=0, procs=())
 
 # --------------------------------------------------------------------------- fresh processes
 PRELUDE = """
-import json, os, sys
+import dataclasses, json, os, sys
 from IPython.core.interactiveshell import InteractiveShell
+import kmem_magic
 ip = InteractiveShell.instance()
 RESULT = {}
 def cell(source):
     result = ip.run_cell(source, store_history=True)
     return result
+def last():
+    return kmem_magic.history(ip)[-1]
+def advice():
+    return [dataclasses.asdict(s) for s in last().suggestions]
 """
 
 

@@ -8,9 +8,9 @@ import re
 
 import pytest
 
-from kmem_magic.advice import Context, advise
-from kmem_magic.live import LiveObject
-from kmem_magic.record import CellRecord, DeviceInfo, Figures, Peak, Timeline
+from kmem_magic.advise import Context, advise
+from kmem_magic.advise.holders import LiveObject
+from kmem_magic.record import CellRecord, Device, Figures, Peak, Timeline
 
 MiB, GiB = 2**20, 2**30
 
@@ -20,7 +20,7 @@ def record(peak=None, before=None, after=None, total=80 * GiB, limit=None, sourc
     """A record as %%gpumem makes it: one GPU (or none), figures per source."""
     figures = Figures(before=dict(before or {}), after=dict(after or {}),
                       peak={k: Peak(v, k not in ("device", "process")) for k, v in (peak or {}).items()})
-    devices = [DeviceInfo(0, "NVIDIA H100 80GB HBM3", "GPU-0", total, limit)] if gpu else []
+    devices = (Device(0, "NVIDIA H100 80GB HBM3", "GPU-0", total, limit),) if gpu else ()
     host = Figures(before={"host": 500 * MiB}, after={"host": 500 * MiB},
                    peak={"host": Peak(600 * MiB, True)})
     if not gpu:
@@ -136,24 +136,23 @@ def test_real_cells_on_tensorflow_left_behind_regrowth_and_out_of_memory(fresh):
         cell("import numpy as np, keras, weakref\\n"
              "model = keras.Sequential([keras.Input((256,)), keras.layers.Dense(1024)])\\n"
              "x = np.ones((8192, 256), 'float32')\\npreds = []")
-        magics = ip.magics_manager.registry["GpuMem"]
         # 1. a displayed result stays alive in Out[]
         cell("%%gpumem --quiet\\nkeras.ops.ones((64, 1024, 1024))")
-        RESULT["shown"] = [s["rule"] for s in magics.history[-1].suggestions]
-        RESULT["shown_evidence"] = " ".join(s["evidence"] for s in magics.history[-1].suggestions)
+        RESULT["shown"] = [s["rule"] for s in advice()]
+        RESULT["shown_evidence"] = " ".join(s["evidence"] for s in advice())
         cell("%reset -f out")
         # 2. predict in a loop, run three times
         loop = "%%gpumem --quiet\\nfor i in range(2):\\n    preds.append(model.predict(x, verbose=0))"
         for _ in range(3):
             cell(loop)
-        RESULT["loop"] = [s["title"] for s in magics.history[-1].suggestions]
+        RESULT["loop"] = [s["title"] for s in advice()]
         # 3. out of memory: the cell fails, its frames are released, the next cell runs
         r = cell("%%gpumem\\nimport tensorflow as tf\\ndef step():\\n"
                  "    batch = np.ones(50 * 2**20 // 8)\\n    refs.append(weakref.ref(batch))\\n"
                  "    return tf.zeros((2**40,))\\nrefs = []\\nstep()")
         RESULT["oom_failed"] = not r.success
-        RESULT["oom_kind"] = magics.history[-1].error_kind
-        RESULT["oom_first"] = magics.history[-1].suggestions[0]["rule"]
+        RESULT["oom_kind"] = last().error_kind
+        RESULT["oom_first"] = advice()[0]["rule"]
         import gc; gc.collect()
         RESULT["batch_freed"] = ip.user_ns["refs"][0]() is None
         r = cell("%%gpumem --quiet\\nmodel.predict(x[:8], verbose=0).shape")
@@ -220,7 +219,7 @@ def test_compare_on_jax_reads_each_clones_compiled_step_from_xla(fresh):
         r = cell("%%gpumem --compare mixed_float16 --quiet\\n"
                  "model.fit(x, y, batch_size=128, epochs=1, verbose=0)\\nNone")
         RESULT["ok"] = r.success
-        RESULT["advice"] = ip.magics_manager.registry["GpuMem"].history[-1].suggestions
+        RESULT["advice"] = advice()
     """, env={"KERAS_BACKEND": "jax"})
     line = next(l for l in result["_stdout"].splitlines() if l.startswith("--compare"))
     assert result["ok"] and "(5 steps, XLA buffer assignment)" in line

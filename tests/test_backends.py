@@ -71,11 +71,12 @@ def test_keras_fit_under_gpumem(fresh, framework):
         ''')
         RESULT["epochs"] = r.result
         RESULT["ok"] = r.success
-        record = ip.magics_manager.registry["GpuMem"].history[-1]
+        from kmem_magic.show.export import timeline_csv
+        record = last()
         RESULT["backend"] = record.backend
         RESULT["host_peak"] = record.peak("host").bytes
         RESULT["wall_s"] = record.wall_s
-        RESULT["csv_rows"] = len(record.to_csv().splitlines())
+        RESULT["csv_rows"] = len(timeline_csv(record).splitlines())
     """, env={"KERAS_BACKEND": framework})
     assert result["import_error"] is None, "importing Keras under %%gpumem failed"
     assert result["ok"] and result["epochs"] == 2

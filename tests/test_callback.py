@@ -131,7 +131,7 @@ def test_epochs_are_marked_on_the_gpumem_time_axis(fresh):
              "model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(1)])\\n"
              "model.compile('sgd', 'mse')")
         cell("%%gpumem --quiet\\nmodel.fit(x, y, epochs=3, verbose=0, callbacks=[MemoryCallback()])")
-        record = ip.magics_manager.registry["GpuMem"].history[-1]
+        record = last()
         RESULT["marks"] = [m[1] for m in record.timeline.marks]
         RESULT["ordered"] = [m[0] for m in record.timeline.marks] == sorted(m[0] for m in record.timeline.marks)
     """)

@@ -10,7 +10,7 @@ keras = pytest.importorskip("keras")
 np = pytest.importorskip("numpy")
 
 import kmem_magic  # noqa: E402
-from kmem_magic.estimator import rule_of_thumb  # noqa: E402
+from kmem_magic.plan.estimator import rule_of_thumb  # noqa: E402
 
 
 def mlp(optimizer="adam"):

@@ -1,9 +1,11 @@
 """kmem_magic.find_batch_size's control flow with a real Keras model training on the CPU
-(TensorFlow). The device is faked at its boundary only: the allocator counters read around a
-step (``kmem_magic.step._run_and_read``) follow a known law of the batch size, and a step that
-would need more than the fake device's capacity raises TensorFlow's real out-of-memory error
-before it runs, as a GPU would. The search, the probes, the recovery and the restoring of the
-model are all real."""
+(TensorFlow). The device is faked at its boundary only: TensorFlow's allocator counters
+(``tf.config.experimental.get_memory_info`` and ``reset_memory_stats`` on a ``GPU:0``) read a
+fake allocator, on which every training step allocates through a layer of the model: the peak
+of a step follows a known law of the batch size, and a step that needs more than the fake
+device's capacity raises TensorFlow's real out-of-memory error, as a GPU would. The search,
+the probes, the backend's counter reads, the recovery and the restoring of the model are all
+real."""
 
 import pytest
 
@@ -14,34 +16,70 @@ np = pytest.importorskip("numpy")
 tf = pytest.importorskip("tensorflow")
 
 import kmem_magic  # noqa: E402
-from kmem_magic import step  # noqa: E402
+from kmem_magic import backends  # noqa: E402
 
 MiB = 2**20
 
 
 class FakeDevice:
-    """Peak of a step = fixed + per_sample x batch; above capacity the step fails with OOM."""
+    """An allocator whose step peak is fixed + per_sample x batch; above capacity a step fails
+    with an out-of-memory error. Between steps nothing is in use."""
 
     def __init__(self, fixed, per_sample, capacity=None):
         self.fixed, self.per_sample, self.capacity = fixed, per_sample, capacity
+        self.peak = 0
         self.steps = []
 
-    def __call__(self, backend, run, batch_size):
+    def allocate(self, batch_size):
         need = self.fixed + self.per_sample * batch_size
         if self.capacity is not None and need > self.capacity:
             raise tf.errors.ResourceExhaustedError(None, None,
                                                    "OOM when allocating tensor with shape")
-        run()
+        self.peak = max(self.peak, need)
         self.steps.append(batch_size)
-        return self.fixed, need, "allocator"
+
+    def install(self, monkeypatch):
+        """TensorFlow's counter API on a GPU:0 reads this allocator."""
+        counters = tf.config.experimental
+        monkeypatch.setattr(backends.by_name("tensorflow"), "_gpu_names", ["GPU:0"])
+        monkeypatch.setattr(counters, "get_memory_info",
+                            lambda name: {"current": 0, "peak": int(self.peak)})
+        monkeypatch.setattr(counters, "reset_memory_stats", lambda name: setattr(self, "peak", 0))
+        return self
+
+
+class Allocates(keras.layers.Layer):
+    """Passes its input through; each training step allocates its batch on the fake device."""
+
+    def __init__(self, device, **kwargs):
+        super().__init__(**kwargs)
+        self.device = device
+
+    def call(self, x, training=False):
+        if training:
+            self.device.allocate(int(x.shape[0]))
+        return x
 
 
 @pytest.fixture
-def model():
-    net = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
-                            keras.layers.Dense(4)])
-    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+def device():
+    return FakeDevice(fixed=0, per_sample=0)
+
+
+@pytest.fixture
+def model(device):
+    net = keras.Sequential([keras.Input((32,)), Allocates(device),
+                            keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4)])
+    # eagerly, so that the layer sees each step's real batch size
+    net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                run_eagerly=True)
     return net
+
+
+def fake(device, monkeypatch, fixed, per_sample, capacity=None):
+    device.fixed, device.per_sample, device.capacity = fixed, per_sample, capacity
+    device.steps.clear()
+    return device.install(monkeypatch)
 
 
 @pytest.fixture
@@ -59,11 +97,10 @@ def same(a, b):
 
 
 def test_finds_the_largest_batch_within_the_budget_and_leaves_the_model_as_it_was(
-        monkeypatch, model, data):
+        monkeypatch, device, model, data):
     x, y = data
     model.fit(x, y, batch_size=100, epochs=1, verbose=0)  # trained: optimizer state exists
-    device = FakeDevice(fixed=300 * MiB, per_sample=0.5 * MiB)
-    monkeypatch.setattr(step, "_run_and_read", device)
+    fake(device, monkeypatch, fixed=300 * MiB, per_sample=0.5 * MiB)
     before = state(model)
     found = kmem_magic.find_batch_size(model, x, y, budget="800MiB")
     assert found.batch_size == 1000  # (800 - 300) MiB / 0.5 MiB per sample
@@ -74,11 +111,10 @@ def test_finds_the_largest_batch_within_the_budget_and_leaves_the_model_as_it_wa
 
 
 def test_an_out_of_memory_probe_is_survived_and_the_search_backs_off(
-        monkeypatch, model, data):
+        monkeypatch, device, model, data):
     x, y = data
     # the budget says 1200 samples would fit, but the device runs out at 700
-    device = FakeDevice(fixed=100 * MiB, per_sample=1 * MiB, capacity=800 * MiB)
-    monkeypatch.setattr(step, "_run_and_read", device)
+    fake(device, monkeypatch, fixed=100 * MiB, per_sample=1 * MiB, capacity=800 * MiB)
     before = state(model)
     found = kmem_magic.find_batch_size(model, x, y, budget=1300 * MiB)
     outcomes = [p.outcome for p in found.probes]
@@ -86,13 +122,14 @@ def test_an_out_of_memory_probe_is_survived_and_the_search_backs_off(
     assert 650 <= found.batch_size <= 700
     assert same(before, state(model))
     monkeypatch.undo()
-    history = model.fit(x, y, batch_size=found.batch_size, epochs=1, verbose=0)  # goes on
+    # goes on, on the same device: the batch found trains without running out of memory
+    history = model.fit(x, y, batch_size=found.batch_size, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
 
 
-def test_the_data_limits_the_batch_when_memory_does_not(monkeypatch, model, data):
+def test_the_data_limits_the_batch_when_memory_does_not(monkeypatch, device, model, data):
     x, y = data
-    monkeypatch.setattr(step, "_run_and_read", FakeDevice(fixed=10 * MiB, per_sample=1000))
+    fake(device, monkeypatch, fixed=10 * MiB, per_sample=1000)
     found = kmem_magic.find_batch_size(model, x[:300], y[:300], budget="1GiB")
     assert found.batch_size == 300 and found.limited_by == "data"
     assert "limited by the data" in str(found)
@@ -133,12 +170,12 @@ def test_an_uncompiled_model_or_empty_data_is_refused(data):
 
 
 def test_the_default_budget_is_the_free_gpu_memory_less_headroom_and_a_larger_one_is_capped(
-        fake_nvml, monkeypatch, model, data):
+        fake_nvml, monkeypatch, device, model, data):
     from conftest import gpu
 
     x, y = data
     fake_nvml([gpu(0, total=16 * 2**30, used=4 * 2**30)])  # 12 GiB free for this process
-    monkeypatch.setattr(step, "_run_and_read", FakeDevice(fixed=1 * 2**30, per_sample=8 * MiB))
+    fake(device, monkeypatch, fixed=1 * 2**30, per_sample=8 * MiB)
     default = kmem_magic.find_batch_size(model, x, y, headroom=0.25)
     assert default.budget_bytes == 9 * 2**30 and not default.capped
     assert default.batch_size == 1024  # (9 - 1) GiB / 8 MiB per sample

@@ -50,14 +50,15 @@ def _backend_is_on_the_gpu():
 
 def record_fields():
     return """
-record = ip.magics_manager.registry["GpuMem"].history[-1]
+from kmem_magic.show.text import summary
+record = last()
 RESULT["alloc_peak"] = record.peak(BACKEND_NAME, 0).bytes
 RESULT["alloc_exact"] = record.peak(BACKEND_NAME, 0).exact
 RESULT["alloc_note"] = record.peak(BACKEND_NAME, 0).note
 RESULT["process_after"] = record.gpu[0].after.get("process")
 RESULT["device_peak"] = record.peak("device", 0).bytes
 RESULT["error_kind"] = record.error_kind
-RESULT["summary"] = record.summary()
+RESULT["summary"] = summary(record)
 """
 
 
@@ -121,7 +122,7 @@ def test_a_hard_limit_turns_into_an_oom_the_next_cell_survives(fresh):
         f"r = cell('%%gpumem\\n' + {TOO_BIG[BACKEND]!r})",
         'RESULT["failed"] = not r.success',
         record_fields(),
-        'RESULT["first_advice"] = ip.magics_manager.registry["GpuMem"].history[-1].suggestions[0]',
+        'RESULT["first_advice"] = advice()[0]',
         f"r = cell('%%gpumem\\n' + {SPIKE[BACKEND].replace('GiB,', 'GiB // 16,')!r})",
         'RESULT["next_ok"] = r.success',
         f"cell({FIT!r})",
@@ -141,8 +142,7 @@ def test_preallocation_advice_fires_only_where_memory_was_preallocated(fresh):
         'ip.run_line_magic("load_ext", "kmem_magic")',
         f"cell({FIT!r})",
         'r = cell("%%gpumem\\nmodel.fit(x, y, batch_size=256, epochs=1, verbose=0)\\nNone")',
-        'RESULT["rules"] = [s["rule"] for s in '
-        'ip.magics_manager.registry["GpuMem"].history[-1].suggestions]',
+        'RESULT["rules"] = [s["rule"] for s in advice()]',
         record_fields(),
     ), env={"KERAS_BACKEND": BACKEND, "KMEM_POLICY": "none"})
     print(result["summary"])
@@ -183,7 +183,7 @@ def test_mixed_precision_saving_is_measured_on_a_small_convnet(fresh):
         'r = cell("%%gpumem --compare mixed_float16\\nmodel.fit(x, y, batch_size=256, epochs=1, '
         'verbose=0)\\nNone")',
         'RESULT["ok"] = r.success',
-        'RESULT["advice"] = ip.magics_manager.registry["GpuMem"].history[-1].suggestions',
+        'RESULT["advice"] = advice()',
     ), env={"KERAS_BACKEND": BACKEND})
     line = next(l for l in result["_stdout"].splitlines() if l.startswith("--compare"))
     print(line)

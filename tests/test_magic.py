@@ -1,10 +1,13 @@
 """Invariant 2, in a real IPython shell: a %%gpumem cell behaves exactly like the bare cell."""
 
+import dataclasses
 import os
 import threading
 
 import pytest
 from IPython.core.error import UsageError
+
+import kmem_magic
 
 from conftest import gpu
 
@@ -95,7 +98,7 @@ def test_report_is_one_bundle_with_text_and_png(ip):
 def test_host_peak_is_exact_even_for_a_spike_between_samples(ip, capsys):
     # A 300 MiB block lives for a few milliseconds; the sampler wakes only every 5 s.
     run(ip, "%%gpumem --interval 5\nspike = bytearray(300 * 2**20)\nspike[::4096] = b'x' * len(spike[::4096])\ndel spike")
-    record = ip.magics_manager.registry["GpuMem"].history[-1]
+    record = kmem_magic.history(ip)[-1]
     peak = record.peak("host")
     assert peak.exact, "read from the kernel's high-water mark, not from samples"
     assert peak.bytes - record.host.before["host"] >= 290 * 2**20
@@ -115,7 +118,7 @@ def test_gpu_figures_come_from_nvml_and_unknown_stays_unknown(ip, fake_nvml, cap
     fake_nvml([gpu(0, used=5 * 2**30, procs=[(999_999_999, 2**30)])])
     run(ip, "%%gpumem\nz = 1")
     out = capsys.readouterr().out
-    record = ip.magics_manager.registry["GpuMem"].history[-1]
+    record = kmem_magic.history(ip)[-1]
     assert record.peak("device", 0).bytes == 5 * 2**30
     assert record.peak("process", 0).bytes is None
     assert "this process (NVML)" in out and "unknown" in out
@@ -125,21 +128,53 @@ def test_gpu_figures_come_from_nvml_and_unknown_stays_unknown(ip, fake_nvml, cap
 def test_this_process_is_found_by_pid(ip, fake_nvml):
     fake_nvml([gpu(0, used=5 * 2**30, procs=[(os.getpid(), 3 * 2**30)])])
     run(ip, "%%gpumem\nz = 1")
-    record = ip.magics_manager.registry["GpuMem"].history[-1]
+    record = kmem_magic.history(ip)[-1]
     assert record.peak("process", 0).bytes == 3 * 2**30
     assert record.left_behind("process", 0) == 0
 
 
 def test_history_keeps_every_measured_cell(ip):
-    registry = ip.magics_manager.registry["GpuMem"]
-    before = len(registry.history)
+    before = len(kmem_magic.history(ip))
     run(ip, "%%gpumem --quiet\na = 1")
     run(ip, "%%gpumem --quiet\nb = 2")
-    assert len(registry.history) == before + 2
+    assert len(kmem_magic.history(ip)) == before + 2
+
+
+def test_output_option_stores_the_cells_record_in_a_variable(ip):
+    result = run(ip, "%%gpumem --quiet -o rec\nblock = bytearray(8 * 2**20)\n5")
+    record = ip.user_ns["rec"]
+    assert result.result == 5, "the cell's own value is unchanged"
+    assert record is kmem_magic.history(ip)[-1]
+    assert record.execution_count == result.execution_count and "bytearray" in record.source
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        record.wall_s = 0  # the record is data: what the views read cannot change
+
+
+def test_readings_that_fail_while_sampling_are_reported_not_hidden(ip, fake_nvml, capsys):
+    fake = fake_nvml([gpu(0)])
+    fake.failing_reads = {2, 3}  # the sampler's first and last sample; the edges read fine
+    result = run(ip, "%%gpumem --interval 0.01\nimport time\ntime.sleep(0.05)\n1")
+    record = kmem_magic.history(ip)[-1]
+    assert result.success and result.result == 1
+    assert record.faults and "driver hiccup" in record.faults[0]
+    assert "kmem: 2 reading(s) failed while measuring, the first: RuntimeError('driver hiccup')" \
+        in capsys.readouterr().out
+
+
+def test_output_needs_a_variable_name(ip):
+    result = run(ip, "%%gpumem -o 2bad\nran = True")
+    assert isinstance(result.error_in_exec, UsageError) and "not a variable name" in str(
+        result.error_in_exec)
+    assert "ran" not in ip.user_ns
+
+
+def test_history_is_empty_where_kmem_is_not_loaded(shell):
+    shell.run_line_magic("unload_ext", "kmem_magic")
+    assert kmem_magic.history(shell) == ()
 
 
 def test_a_failure_inside_kmem_never_replaces_the_cells_own_outcome(ip, monkeypatch, capsys):
-    from kmem_magic import measure
+    from kmem_magic.measure import cell as measure
 
     real, calls = measure._snapshot, []
 

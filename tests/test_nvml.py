@@ -7,7 +7,8 @@ from kmem_magic import _nvml
 
 
 def names(devices):
-    return [(d.cuda_index, d.nvml_index) for d in devices]
+    """``(CUDA ordinal, NVML index)`` of each device (the fake's UUIDs end in the NVML index)."""
+    return [(d.index, int(d.uuid.rsplit("-", 1)[1])) for d in devices]
 
 
 def test_cuda_visible_devices_order_is_honoured(fake_nvml, monkeypatch):
@@ -46,11 +47,15 @@ def test_mixed_models_ask_the_cuda_driver_for_its_order(fake_nvml, monkeypatch):
     assert _nvml.order_note() is None
 
 
-def test_mixed_models_without_a_driver_answer_fall_back_and_say_so(fake_nvml, monkeypatch):
+def test_mixed_models_without_a_driver_answer_fall_back_and_say_so(ip, fake_nvml, monkeypatch,
+                                                                    capsys):
     fake_nvml([gpu(0, name="NVIDIA T400"), gpu(1, name="NVIDIA H100 80GB HBM3")])
     monkeypatch.setattr(_nvml, "_cuda_order_from_driver", lambda: None)
     assert names(_nvml.devices()) == [(0, 0), (1, 1)]
-    assert "assumed PCI-bus order" in _nvml.order_note()
+    capsys.readouterr()
+    ip.run_line_magic("gpumem", "status")
+    assert "device order: CUDA device order could not be read; assumed PCI-bus order" in \
+        capsys.readouterr().out, "the user sees the caveat"
 
 
 def test_memory_is_read_with_the_v2_struct(fake_nvml):

@@ -1,5 +1,6 @@
 """The panel's widgets, driven as the magic drives them (ipywidgets with its default dummy comm)."""
 
+import dataclasses
 import os
 import time
 
@@ -9,14 +10,18 @@ pytest.importorskip("ipywidgets")
 
 from kmem_magic import _nvml  # noqa: E402
 from kmem_magic.measure import Measurement  # noqa: E402
-from kmem_magic.panel import Actions, Panel  # noqa: E402
+from kmem_magic.measure.cell import limited  # noqa: E402
+from kmem_magic.record import Suggestion  # noqa: E402
+from kmem_magic.show.panel import Actions, Panel  # noqa: E402
+from kmem_magic.sizes import parse_limit  # noqa: E402
 from conftest import gpu  # noqa: E402
 
 
 def measured(fake_nvml, seconds=0.3):
     fake_nvml([gpu(0, used=2 * 2**30, procs=[(os.getpid(), 2**30)])])
     devices = _nvml.devices()
-    panel = Panel("%%gpumem cell-1", devices, [4 * 2**30], refresh_s=0.05, actions=Actions(dict))
+    panel = Panel("%%gpumem cell-1", limited(devices, parse_limit("4GiB")), refresh_s=0.05,
+                  actions=Actions(dict))
     m = Measurement(interval_s=0.02, on_sample=panel.on_sample).start()
     block = bytearray(50 * 2**20)
     time.sleep(seconds)
@@ -33,7 +38,7 @@ def test_live_view_draws_curves_and_running_figures_from_the_sampler(fake_nvml):
 
 def test_redraws_are_throttled_to_the_refresh_interval(fake_nvml):
     fake_nvml([gpu(0)])
-    panel = Panel("t", _nvml.devices(), [None], refresh_s=10)
+    panel = Panel("t", _nvml.devices(), refresh_s=10)
     m = Measurement(interval_s=0.01).start()
     time.sleep(0.05)
     record = m.finish()
@@ -58,9 +63,12 @@ def test_final_view_shows_the_plot_peak_and_what_was_left(fake_nvml):
 
 def test_suggestion_slot_appears_when_filled(fake_nvml):
     panel, record = measured(fake_nvml, 0.05)
-    panel.finish(record, b"png", suggestions=["Call <code>keras.utils.clear_session()</code>"])
+    advice = Suggestion("left-behind", "The cell left <1 GiB> behind", "why",
+                        "keras.utils.clear_session()")
+    panel.finish(dataclasses.replace(record, suggestions=(advice,)), b"png")
     assert panel.suggestions.layout.display is None
     assert "clear_session" in panel.suggestions.value
+    assert "&lt;1 GiB&gt;" in panel.suggestions.value, "the suggestion's text is escaped"
 
 
 def test_save_writes_png_and_csv_and_never_overwrites(fake_nvml, tmp_path):
@@ -88,7 +96,7 @@ def test_clear_keras_session_reports_what_was_freed_per_source(fresh):
     result = fresh("""
         import keras
         from kmem_magic.measure import measure_now
-        from kmem_magic.panel import Actions
+        from kmem_magic.show.panel import Actions
         models = [keras.Sequential([keras.Input((512,)), keras.layers.Dense(512)]) for _ in range(5)]
         keras.mixed_precision.set_global_policy("mixed_float16")
         del models
@@ -121,16 +129,16 @@ def test_colab_gets_its_widget_manager_before_the_first_display(fake_nvml, monke
 
     monkeypatch.setattr(IPython.display, "display",
                         lambda *a, **k: shown.append(list(calls)) or None)
-    Panel("t", _nvml.devices(), [None]).show()
+    Panel("t", _nvml.devices()).show()
     assert shown == [["enabled"]], "enabled first, then displayed"
 
 
 def test_one_small_plot_per_gpu_when_there_are_several(fake_nvml):
-    from kmem_magic.plot import svg
+    from kmem_magic.show.plot import svg
 
     fake_nvml([gpu(0), gpu(1, name="NVIDIA A100-SXM4-40GB", total=40 * 2**30)])
     m = Measurement(interval_s=0.01).start()
     record = m.finish()
-    picture = svg(record.timeline, _nvml.devices(), [None, None], record.wall_s)
+    picture = svg(record.timeline, _nvml.devices(), record.wall_s)
     assert "GPU 0 (of 80.00 GiB)" in picture and "GPU 1 (of 40.00 GiB)" in picture
     assert "host RSS" in picture

@@ -9,7 +9,7 @@ import pytest
 from IPython.core.error import UsageError
 
 from conftest import gpu
-from kmem_magic._hooks import PostImportHooks
+from kmem_magic.policy._import_hooks import PostImportHooks
 
 
 def test_load_prints_one_line_per_backend_and_sets_growth_variables(shell, capsys):
@@ -110,7 +110,7 @@ def test_bad_environment_limit_is_one_line_error_and_changes_nothing(shell):
 @pytest.mark.parametrize("line, message", [
     ("--limit 4XB", "invalid size"),
     ("--limit 4GiB --no-policy", "choose one"),
-    ("--interval 0", "invalid interval"),
+    ("--interval 0", "--interval applies to the cell magic %%gpumem"),
     ("statsu", "invalid choice"),
 ])
 def test_bad_options_are_a_usage_error_and_change_nothing(ip, line, message, capsys):

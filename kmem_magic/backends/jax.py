@@ -1,4 +1,4 @@
-"""JAX: no preallocation (or a memory fraction), and the allocator's counters.
+"""JAX: no preallocation (or a memory fraction), the allocator's counters, XLA's step sizes.
 
 By default JAX preallocates 75 % of each GPU when its backend starts (the first ``jax.devices()``
 or operation, not ``import jax``). It reads ``XLA_PYTHON_CLIENT_PREALLOCATE`` and the memory
@@ -8,17 +8,19 @@ fraction at that moment, so environment variables are all kmem needs. ``jax.devi
 
 JAX has no way to reset its peak counter, so a cell's allocator peak is exact only when the
 cell set a new lifetime record; otherwise the sampled maximum is reported as a lower bound.
+For the same reason a training step's memory is read from XLA's buffer assignment of the
+compiled step (:meth:`Jax.step_bytes`): the first step at a new shape also holds the
+autotuner's scratch buffers, which XLA takes only when free.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from ..policy import Report, too_late
-from ..record import Peak
-from . import Backend, loaded
+from ..record import Device, Peak
+from ..sizes import total_nbytes
+from ._base import Backend, Report, Setup, loaded, too_late
 
 PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
 # jaxlib reads the newer XLA_CLIENT_MEM_FRACTION first and raises if both are set, so kmem sets
@@ -29,12 +31,14 @@ FRACTION_ENVS = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")
 class Jax(Backend):
     name = "jax"
     package = "jax"
+    color = "#2ca02c"
+    resettable_peak = False
+
+    _devices: Optional[List[Any]] = None
 
     def is_initialized(self) -> bool:
         bridge = loaded("jax._src.xla_bridge") if loaded("jax") else None
         return bridge is not None and bool(bridge.backends_are_initialized())
-
-    _devices: Optional[List[Any]] = None
 
     def _gpu_devices(self) -> List[Any]:
         """The started backend's GPUs (cached: a backend's devices never change)."""
@@ -50,28 +54,26 @@ class Jax(Backend):
     def growth_env(self) -> str:
         return f"{PREALLOCATE_ENV}=false"
 
-    def _configure(self, policy, configurator, devices) -> Report:
+    def _configure(self, policy: Any, setup: Setup, devices: Sequence[Device]) -> Report:
         if self.is_initialized():
             if not self._gpu_devices():
-                return Report(self.name, "nothing", "already started, on the CPU only")
+                return Report(self.name, "already started, on the CPU only")
             what = "no preallocation" if policy.mode == "growth" else f"a {policy.limit} limit"
-            return Report(self.name, "too-late",
-                          too_late("jax", what, self.growth_env()))
-        set_by_kmem, env_text = configurator.env.offer(PREALLOCATE_ENV, "false")
+            return Report(self.name, too_late("jax", what, self.growth_env()))
+        _, env_text = setup.offer(PREALLOCATE_ENV, "false")
         if policy.mode == "growth":
-            return Report(self.name, "applied" if set_by_kmem else "kept",
-                          f"no preallocation ({env_text})")
-        users = [name for name in FRACTION_ENVS if configurator.env.is_users(name)]
+            return Report(self.name, f"no preallocation ({env_text})")
+        users = [name for name in FRACTION_ENVS if setup.is_users(name)]
         if users:
-            return Report(self.name, "kept", f"no preallocation ({env_text}); your "
+            return Report(self.name, f"no preallocation ({env_text}); your "
                           f"{users[0]}={os.environ[users[0]]} kept as the limit")
         totals = [d.total_bytes for d in devices]
         fraction = policy.limit.fraction_of(min(totals) if totals else None)
         if fraction is None:
-            return Report(self.name, "kept", f"no preallocation ({env_text}): a {policy.limit} "
-                          "limit needs the GPU's total, and NVML cannot tell it")
-        _, fraction_text = configurator.env.offer(FRACTION_ENVS[1], f"{fraction:.4f}")
-        return Report(self.name, "applied", f"no preallocation, capped at {policy.limit} "
+            return Report(self.name, f"no preallocation ({env_text}): a {policy.limit} limit "
+                          "needs the GPU's total, and NVML cannot tell it")
+        _, fraction_text = setup.offer(FRACTION_ENVS[1], f"{fraction:.4f}")
+        return Report(self.name, f"no preallocation, capped at {policy.limit} "
                       f"({env_text}, {fraction_text})")
 
     # ------------------------------------------------------------------ allocator counters
@@ -88,13 +90,13 @@ class Jax(Backend):
                 found[device.id if index is None else index] = stats
         return found
 
-    def allocator_in_use(self) -> Dict[int, int]:
+    def in_use(self) -> Dict[int, int]:
         return {i: int(s.get("bytes_in_use", 0)) for i, s in self.stats().items()}
 
-    def begin_cell(self) -> Any:
+    def reset_peak(self) -> Any:
         return {i: int(s.get("peak_bytes_in_use", 0)) for i, s in self.stats().items()}
 
-    def end_cell(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
+    def read_peak(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
         peaks = {}
         for index, stats in self.stats().items():
             lifetime = int(stats.get("peak_bytes_in_use", 0))
@@ -107,5 +109,83 @@ class Jax(Backend):
                 peaks[index] = Peak(bound, False, "lower bound: jax cannot reset its peak")
         return peaks
 
+    def cap_bytes(self, index: int = 0) -> Optional[int]:
+        limit = self.stats().get(index, {}).get("bytes_limit")
+        return int(limit) if limit else None
+
+    def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
+        jax = loaded("jax")
+        if jax is not None and isinstance(value, jax.Array):
+            return "jax array", int(value.nbytes)
+        return None
+
     def is_oom(self, error: BaseException) -> bool:
-        return "jax" in sys.modules and "RESOURCE_EXHAUSTED" in str(error)[:2000]
+        return self.is_imported() and "RESOURCE_EXHAUSTED" in str(error)[:2000]
+
+    # ------------------------------------------------------------------ compiled steps
+    def step_bytes(self, model: Any, x: Any, y: Any) -> Optional[int]:
+        """Bytes XLA assigns to one compiled ``model.train_step`` on ``(x, y)`` beyond the
+        model's donated state (None where Keras' or JAX's internals differ)."""
+        try:
+            state = model._get_jax_state(trainable_variables=True, non_trainable_variables=True,
+                                         optimizer_variables=True, metrics_variables=True)
+            return xla_step_bytes(model.train_step, state, (x, y, None))
+        except Exception:  # a Keras or JAX version whose internals differ: no figure
+            return None
+
+    def trace_steps(self, models: Sequence[Any]) -> list:
+        traced = []
+        for model in models:
+            seen: Dict[str, Any] = {}
+            original = model.train_step
+
+            def train_step(state, data, _original=original, _seen=seen):
+                _seen.setdefault("args", _abstract((state, data)))  # tracers have shapes
+                return _original(state, data)
+
+            model.train_step = train_step
+            traced.append((original, seen))
+        return traced
+
+    def traced_step_bytes(self, traced: list) -> Optional[int]:
+        """The largest traced step: its state, batch, temporaries and outputs."""
+        sizes = []
+        for train_step, seen in traced:
+            if "args" in seen:
+                state, data = seen["args"]
+                try:
+                    sizes.append(state_bytes(state) + xla_step_bytes(train_step, state, data))
+                except Exception:  # JAX internals differ: the caller keeps its own figure
+                    return None
+        return max(sizes) if sizes else None
+
+
+def _abstract(tree: Any) -> Any:
+    import jax
+    import numpy as np
+
+    def leaf(a):
+        dtype = a.dtype if hasattr(a, "dtype") else np.asarray(a).dtype
+        return jax.ShapeDtypeStruct(np.shape(a), jax.dtypes.canonicalize_dtype(dtype))
+
+    return jax.tree_util.tree_map(leaf, tree)
+
+
+def xla_step_bytes(train_step: Callable, state: Any, data: Any) -> int:
+    """Bytes XLA assigns to one compiled ``train_step(state, data)`` beyond its donated
+    state: the batch, the temporaries and the outputs that do not reuse an input's buffer.
+    ``state`` and ``data`` may be arrays or shapes (``jax.ShapeDtypeStruct``)."""
+    import jax
+
+    state, data = _abstract(state), _abstract(data)
+    compiled = jax.jit(train_step, donate_argnums=0).lower(state, data).compile()
+    analysis = compiled.memory_analysis()
+    return int(state_bytes(data) + analysis.temp_size_in_bytes + analysis.output_size_in_bytes
+               - analysis.alias_size_in_bytes)
+
+
+def state_bytes(state: Any) -> int:
+    """Bytes of a (possibly abstract) JAX state tree."""
+    import jax
+
+    return total_nbytes(jax.tree_util.tree_leaves(state))

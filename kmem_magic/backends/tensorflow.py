@@ -12,13 +12,11 @@ once :meth:`TensorFlow.is_initialized` says the user's code has started it.
 
 from __future__ import annotations
 
-import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..policy import Report, too_late
-from ..record import Peak
-from ..units import MiB
-from . import Backend, loaded
+from ..record import Device, Peak
+from ..sizes import MiB, nbytes
+from ._base import Backend, Report, Setup, loaded, too_late
 
 GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
 
@@ -26,6 +24,7 @@ GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
 class TensorFlow(Backend):
     name = "tensorflow"
     package = "tensorflow"
+    color = "#ff7f0e"
 
     def is_initialized(self) -> bool:
         context = loaded("tensorflow.python.eager.context") if loaded("tensorflow") else None
@@ -42,28 +41,27 @@ class TensorFlow(Backend):
     def growth_env(self) -> str:
         return f"{GROWTH_ENV}=true"
 
-    def _configure(self, policy, configurator, devices) -> Report:
+    def _configure(self, policy: Any, setup: Setup, devices: Sequence[Device]) -> Report:
         if self.is_initialized():
             return self._too_late(policy)
-        set_by_kmem, env_text = configurator.env.offer(GROWTH_ENV, "true")
+        _, env_text = setup.offer(GROWTH_ENV, "true")
         if self.is_imported():
-            self._set_growth(configurator)
+            self._set_growth(setup)
         if policy.mode == "growth":
-            status = "applied" if set_by_kmem else "kept"
-            return Report(self.name, status, f"memory growth on every GPU ({env_text})")
+            return Report(self.name, f"memory growth on every GPU ({env_text})")
         limits = [policy.limit.bytes_of(d.total_bytes) for d in devices] or [policy.limit.bytes]
         if any(limit is None for limit in limits):
-            return Report(self.name, "kept", f"growth only ({env_text}): a {policy.limit} limit "
+            return Report(self.name, f"growth only ({env_text}): a {policy.limit} limit "
                           "needs each GPU's total, and NVML cannot tell it")
-        configurator.hooks.add("tensorflow", lambda tf: self._set_limits(limits))
+        setup.after_import("tensorflow", lambda tf: self._set_limits(limits))
         when = "now" if self.is_imported() else "when TensorFlow is imported"
-        return Report(self.name, "applied", f"memory growth ({env_text}), capped at "
+        return Report(self.name, f"memory growth ({env_text}), capped at "
                       f"{policy.limit} per GPU (logical device memory_limit, set {when})")
 
-    def _set_growth(self, configurator) -> None:
+    def _set_growth(self, setup: Setup) -> None:
         # Once imported, setting the variable is still enough; the API call makes the choice
         # visible to tf.config.experimental.get_memory_growth too.
-        if configurator.env.is_users(GROWTH_ENV):
+        if setup.is_users(GROWTH_ENV):
             return
         import tensorflow as tf
 
@@ -85,13 +83,13 @@ class TensorFlow(Backend):
 
         gpus = self._gpus()
         if not gpus:
-            return Report(self.name, "nothing", "already started, on the CPU only: nothing to set")
+            return Report(self.name, "already started, on the CPU only: nothing to set")
         if policy.mode == "growth" and all(
             tf.config.experimental.get_memory_growth(gpu) for gpu in gpus
         ):
-            return Report(self.name, "kept", "already started, with memory growth on")
+            return Report(self.name, "already started, with memory growth on")
         what = "memory growth" if policy.mode == "growth" else f"a {policy.limit} limit"
-        return Report(self.name, "too-late", too_late("tensorflow", what, self.growth_env()))
+        return Report(self.name, too_late("tensorflow", what, self.growth_env()))
 
     # ------------------------------------------------------------------ allocator counters
     _gpu_names: Optional[List[str]] = None
@@ -105,7 +103,7 @@ class TensorFlow(Backend):
                                for d in tf.config.list_logical_devices("GPU")]
         return self._gpu_names
 
-    def allocator_in_use(self) -> Dict[int, int]:
+    def in_use(self) -> Dict[int, int]:
         if not self.is_initialized():
             return {}
         import tensorflow as tf
@@ -118,7 +116,7 @@ class TensorFlow(Backend):
                 pass  # e.g. cuda_malloc_async without statistics
         return found
 
-    def begin_cell(self) -> Any:
+    def reset_peak(self) -> Any:
         if not self.is_initialized():
             return {"started": False}
         import tensorflow as tf
@@ -130,7 +128,7 @@ class TensorFlow(Backend):
                 pass
         return {"started": True}
 
-    def end_cell(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
+    def read_peak(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
         if not self.is_initialized():
             return {}
         import tensorflow as tf
@@ -145,7 +143,12 @@ class TensorFlow(Backend):
             peaks[index] = Peak(peak, True, note)
         return peaks
 
+    def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
+        tf = loaded("tensorflow")
+        if tf is not None and isinstance(value, (tf.Tensor, tf.Variable)):
+            return "TensorFlow tensor", nbytes(value.shape, value.dtype)
+        return None
+
     def is_oom(self, error: BaseException) -> bool:
-        tf = sys.modules.get("tensorflow")
-        errors = getattr(tf, "errors", None)
+        errors = getattr(loaded("tensorflow"), "errors", None)
         return errors is not None and isinstance(error, errors.ResourceExhaustedError)

@@ -12,14 +12,11 @@ only once :meth:`Torch.is_initialized` is true anyway.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
-import sys
-from typing import Any, Dict
+from typing import Any, Dict, Optional, Sequence, Tuple
 
-from ..policy import Report, too_late
-from ..record import Peak
-from . import Backend, loaded
+from ..record import Device, Peak
+from ._base import Backend, Report, Setup, loaded, too_late
 
 SEGMENTS = "expandable_segments:True"
 
@@ -29,6 +26,8 @@ def alloc_conf_env() -> str:
     for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
         if name in os.environ:
             return name
+    import importlib.metadata  # only here: importing it costs several ms at %load_ext
+
     try:
         major, minor = (int(p) for p in importlib.metadata.version("torch").split(".")[:2])
     except (importlib.metadata.PackageNotFoundError, ValueError):
@@ -40,6 +39,7 @@ def alloc_conf_env() -> str:
 class Torch(Backend):
     name = "torch"
     package = "torch"
+    color = "#d62728"
 
     def is_initialized(self) -> bool:
         torch = loaded("torch")
@@ -49,25 +49,23 @@ class Torch(Backend):
     def growth_env(self) -> str:
         return f"{alloc_conf_env()}={SEGMENTS}"
 
-    def _configure(self, policy, configurator, devices) -> Report:
-        env_name = alloc_conf_env()
+    def _configure(self, policy: Any, setup: Setup, devices: Sequence[Device]) -> Report:
         if self.is_initialized():
             segments = "expandable segments no longer possible (CUDA already started)"
             if policy.mode == "growth":
-                return Report(self.name, "too-late",
-                              too_late("torch", segments, self.growth_env()))
+                return Report(self.name, too_late("torch", segments, self.growth_env()))
         else:
-            set_by_kmem, env_text = configurator.env.offer(env_name, SEGMENTS)
+            _, env_text = setup.offer(alloc_conf_env(), SEGMENTS)
             segments = f"expandable segments ({env_text})"
             if policy.mode == "growth":
-                return Report(self.name, "applied" if set_by_kmem else "kept", segments)
+                return Report(self.name, segments)
 
-        limit, generation = policy.limit, configurator.generation
+        limit = policy.limit
 
         def cap() -> None:
             import torch
 
-            if configurator.generation != generation:
+            if not setup.active:
                 return  # the extension was unloaded or the policy replaced before CUDA started
             for index in range(torch.cuda.device_count()):
                 total = torch.cuda.get_device_properties(index).total_memory
@@ -76,13 +74,13 @@ class Torch(Backend):
         def queue(torch: Any) -> None:
             torch.cuda._lazy_call(cap)  # runs now if CUDA is up, else at its first use
 
-        configurator.hooks.add("torch", queue)
+        setup.after_import("torch", queue)
         when = "now" if self.is_initialized() else "when CUDA starts"
-        return Report(self.name, "applied",
+        return Report(self.name,
                       f"{segments}, capped at {limit} per GPU (memory fraction, set {when})")
 
     # ------------------------------------------------------------------ allocator counters
-    def allocator_in_use(self) -> Dict[int, int]:
+    def in_use(self) -> Dict[int, int]:
         if not self.is_initialized():
             return {}
         import torch
@@ -95,7 +93,7 @@ class Torch(Backend):
             found[index] = int(stats.get("allocated_bytes", {}).get("all", {}).get("current", 0))
         return found
 
-    def begin_cell(self) -> Any:
+    def reset_peak(self) -> Any:
         if not self.is_initialized():
             return {"started": False}
         import torch
@@ -104,7 +102,7 @@ class Torch(Backend):
             torch.cuda.reset_peak_memory_stats(index)
         return {"started": True}
 
-    def end_cell(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
+    def read_peak(self, state: Any, sampled_max: Dict[int, int]) -> Dict[int, Peak]:
         if not self.is_initialized():
             return {}
         import torch
@@ -115,7 +113,37 @@ class Torch(Backend):
             for i in range(torch.cuda.device_count())
         }
 
+    def cap_bytes(self, index: int = 0) -> Optional[int]:
+        if not self.is_initialized():
+            return None
+        import torch
+
+        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda *_: 1.0)(index)
+        if fraction >= 1.0:
+            return None
+        return int(fraction * torch.cuda.get_device_properties(index).total_memory)
+
+    def held_bytes(self, index: int = 0) -> Optional[int]:
+        if not self.is_initialized():
+            return None
+        import torch
+
+        return int(torch.cuda.memory_reserved(index))
+
+    def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
+        torch = loaded("torch")
+        if torch is not None and isinstance(value, torch.Tensor):
+            where = "GPU" if value.is_cuda else "CPU"
+            return f"torch tensor ({where})", value.element_size() * value.nelement()
+        return None
+
+    def release_cache(self) -> None:
+        if self.is_initialized():
+            import torch
+
+            torch.cuda.empty_cache()
+
     def is_oom(self, error: BaseException) -> bool:
-        torch = sys.modules.get("torch")
+        torch = loaded("torch")
         oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
         return oom is not None and isinstance(error, oom)

@@ -20,12 +20,12 @@ from __future__ import annotations
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, Optional
 
-from . import step
-from .advice import FRAMEWORKS, Suggestion
-from .measure import Measurement
-from .units import format_bytes
+from .. import _cell, backends
+from ..measure import Measurement
+from ..record import Suggestion
+from ..sizes import format_bytes
 
 
 @dataclass
@@ -68,45 +68,11 @@ def _namespace(keras: Any, namespace: Dict[str, Any], policy: str) -> Dict[str, 
     return copy
 
 
-def _capture_steps(keras: Any, scratch: Dict[str, Any]) -> List[tuple]:
-    """On JAX, whose peak counter cannot be reset, note the shapes each clone's training step
-    is compiled for, so that XLA can tell the step's memory afterwards."""
-    if keras.config.backend() != "jax":
-        return []
-    captured = []
-    for value in scratch.values():
-        if isinstance(value, keras.Model):
-            seen: Dict[str, Any] = {}
-            original = value.train_step
-
-            def train_step(state, data, _original=original, _seen=seen):
-                _seen.setdefault("args", step._abstract((state, data)))  # tracers have shapes
-                return _original(state, data)
-
-            value.train_step = train_step
-            captured.append((original, seen))
-    return captured
-
-
-def _xla_needed(captured: List[tuple]) -> Optional[int]:
-    """The largest compiled step among the clones: its state, batch, temporaries, outputs."""
-    sizes = []
-    for train_step, seen in captured:
-        if "args" in seen:
-            state, data = seen["args"]
-            try:
-                sizes.append(step.state_bytes(state) + step.xla_step_bytes(train_step, state,
-                                                                            data))
-            except Exception:  # JAX internals differ: fall back to the sampled figure
-                return None
-    return max(sizes) if sizes else None
-
-
 def _needed(run_record) -> tuple:
     """Rise of the peak over what was in use before: allocator on a GPU, else host RSS."""
     rises = []
     for figures in run_record.gpu.values():
-        for name in FRAMEWORKS:
+        for name in backends.NAMES:
             peak = figures.peak.get(name)
             if peak is not None and peak.bytes is not None:
                 rises.append(peak.bytes - (figures.before.get(name) or 0))
@@ -124,49 +90,25 @@ def _smallest(runs) -> Run:
     return min(known, key=lambda r: r.needed_bytes) if known else runs[0]
 
 
-def compare(code, namespace: Dict[str, Any], other: str = "mixed_float16", steps: int = 5,
-            interval_s: float = 0.1) -> tuple:
-    """Run ``code`` (a compiled ``(body, expr)`` pair) under the current dtype policy and under
-    ``other`` on clones; returns ``(runs, suggestion or None, one line of text)``."""
+def compare(code: _cell.Code, namespace: Dict[str, Any], other: str = "mixed_float16",
+            steps: int = 5, interval_s: float = 0.1) -> tuple:
+    """Run ``code`` (a compiled cell) under the current dtype policy and under ``other`` on
+    clones; returns ``(runs, suggestion or None, one line of text)``."""
     keras = sys.modules.get("keras")
     if keras is None:
         raise CompareError("--compare needs Keras imported")
-    body, expr = code
     current = keras.config.dtype_policy().name
     if current == other:
         raise CompareError(f"the global dtype policy already is {other}")
     saved = (keras.config.dtype_policy(), keras.config.max_steps_per_epoch(),
              keras.config.max_epochs())
-    runs = []
     try:
         keras.config.set_max_steps_per_epoch(steps)
         keras.config.set_max_epochs(1)
         # Twice each, alternating, keeping each policy's smaller figure: the first run of all
         # pays one-time costs (kernel caches, compilation) that must not count for either.
-        for policy in (current, other, current, other):
-            keras.config.set_dtype_policy(policy)
-            scratch = _namespace(keras, namespace, policy)
-            captured = _capture_steps(keras, scratch)
-            measurement = Measurement(interval_s=interval_s).start()
-            error = None
-            try:
-                with warnings.catch_warnings():  # "Limiting steps_per_epoch to 5" and the like
-                    warnings.simplefilter("ignore", UserWarning)
-                    if body is not None:
-                        exec(body, scratch)
-                    if expr is not None:
-                        eval(expr, scratch)
-            except Exception as raised:
-                error = raised
-            finally:
-                record = measurement.finish(error)
-            if error is not None:
-                raise CompareError(f"the {policy} run failed: {type(error).__name__}: {error}")
-            needed, source = _needed(record)
-            compiled = _xla_needed(captured)
-            if compiled is not None:
-                needed, source = compiled, "XLA buffer assignment"
-            runs.append(Run(policy, needed, source))
+        runs = [_run(keras, code, namespace, policy, interval_s)
+                for policy in (current, other, current, other)]
     finally:
         keras.config.set_dtype_policy(saved[0])
         keras.config.set_max_steps_per_epoch(saved[1])
@@ -193,3 +135,31 @@ def compare(code, namespace: Dict[str, Any], other: str = "mixed_float16", steps
         "# keep the last layer in float32: Dense(..., dtype='float32')",
         saving, "measured")
     return runs, suggestion, line
+
+
+def _run(keras: Any, code: _cell.Code, namespace: Dict[str, Any], policy: str,
+         interval_s: float) -> Run:
+    """One run of the cell under the global dtype ``policy``, on fresh clones of its models."""
+    keras.config.set_dtype_policy(policy)
+    scratch = _namespace(keras, namespace, policy)
+    framework = backends.by_name(keras.config.backend())
+    # where the peak cannot be reset (jax), size each clone's compiled step instead
+    traced = [] if framework is None or framework.resettable_peak else \
+        framework.trace_steps([v for v in scratch.values() if isinstance(v, keras.Model)])
+    measurement = Measurement(interval_s=interval_s).start()
+    error = None
+    try:
+        with warnings.catch_warnings():  # "Limiting steps_per_epoch to 5" and the like
+            warnings.simplefilter("ignore", UserWarning)
+            _cell.run(code, scratch)
+    except Exception as raised:
+        error = raised
+    finally:
+        record = measurement.finish(error)
+    if error is not None:
+        raise CompareError(f"the {policy} run failed: {type(error).__name__}: {error}")
+    needed, source = _needed(record)
+    compiled = framework.traced_step_bytes(traced) if traced else None
+    if compiled is not None:
+        needed, source = compiled, "XLA buffer assignment"
+    return Run(policy, needed, source)

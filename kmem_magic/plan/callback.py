@@ -1,4 +1,4 @@
-"""Keras-facing helpers: :class:`MemoryCallback` records memory per batch.
+""":class:`MemoryCallback`: a Keras callback that records memory per batch.
 
 >>> callback = MemoryCallback()                                      # doctest: +SKIP
 >>> model.fit(x, y, callbacks=[callback])                            # doctest: +SKIP
@@ -25,9 +25,7 @@ import io
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import psutil
-
-from . import _nvml, backends, measure
+from .. import _host, _nvml, backends, measure
 
 try:  # the base class, when Keras is installed; importing kmem_magic.keras imports Keras
     from keras.callbacks import Callback as _Base
@@ -70,7 +68,6 @@ class MemoryCallback(_Base):
         self._last_full = float("-inf")
         self._pending: Optional[Tuple[str, int]] = None  # dispatched, not yet recorded
         self._devices = _nvml.devices()
-        self._process = psutil.Process()  # made once: creating one costs more than reading it
 
     def record(self, phase: str = "train", batch: Optional[int] = None) -> Dict[str, Any]:
         """Take one row now (for ``train_on_batch`` loops) and return it."""
@@ -81,7 +78,7 @@ class MemoryCallback(_Base):
         now = time.perf_counter()
         allocated = None
         for backend in backends.started():
-            in_use = backend.allocator_in_use()
+            in_use = backend.in_use()
             if in_use:
                 allocated = (allocated or 0) + sum(in_use.values())
         device = rss = None
@@ -89,7 +86,7 @@ class MemoryCallback(_Base):
             self._last_full = now
             used = [_nvml.memory_used(d) for d in self._devices]
             device = None if not used or None in used else sum(used)
-            rss = self._process.memory_info().rss
+            rss = _host.host_rss()
         row = {
             "t_s": now - self._t0,
             "phase": phase,
@@ -164,18 +161,17 @@ class MemoryCallback(_Base):
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        from .plot import COLORS
-
         fig = Figure(figsize=(8, 3), dpi=90)
         FigureCanvasAgg(fig)
         ax = fig.subplots()
-        for key, source, name in (("allocator_bytes", "jax", "allocator in use"),
+        for key, source, name in (("allocator_bytes", backends.keras_backend() or "jax",
+                                   "allocator in use"),
                                   ("device_used_bytes", "device", "device used (NVML)"),
                                   ("host_rss_bytes", "host", "host RSS")):
             points = [(r["t_s"], r[key] / 2**20) for r in self.history if r[key] is not None]
             if points:
                 t, v = zip(*points)
-                ax.plot(t, v, color=COLORS[source], lw=1.2, label=name)
+                ax.plot(t, v, color=backends.color(source), lw=1.2, label=name)
         ax.set_xlabel("seconds")
         ax.set_ylabel("MiB")
         ax.set_title(f"MemoryCallback: {len(self.history)} batches", fontsize=9, loc="left")

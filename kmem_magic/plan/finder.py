@@ -13,14 +13,14 @@ metrics are restored afterwards: probing never trains the model.
 
 from __future__ import annotations
 
-import sys
 import traceback
 from dataclasses import dataclass, field
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
-from . import _nvml, backends, step
-from .advice import fit_line
-from .units import format_bytes, parse_limit
+from .. import _nvml, backends
+from ..sizes import format_bytes, parse_limit
+from .probe import recover, step_peak
+from .estimator import estimate
 
 
 @dataclass(frozen=True)
@@ -60,29 +60,39 @@ class BatchSize:
         printer.text(str(self))
 
 
+def fit_line(points: Sequence[Tuple[int, int]]) -> Optional[Tuple[float, float]]:
+    """``(fixed, per_sample)``: the least-squares line through measured ``(batch, peak)``
+    points (the fixed part is weights, optimizer state, workspace); None unless two batch
+    sizes were measured and memory grows with the batch."""
+    if len({b for b, _ in points}) < 2:
+        return None
+    n = len(points)
+    mean_b = sum(b for b, _ in points) / n
+    mean_p = sum(p for _, p in points) / n
+    slope = sum((b - mean_b) * (p - mean_p) for b, p in points) / \
+        sum((b - mean_b) ** 2 for b, _ in points)
+    if slope <= 0:
+        return None
+    return mean_p - slope * mean_b, slope
+
+
 def _capacity() -> Optional[int]:
     """What this process may allocate on GPU 0: the framework's cap if it has one, else what
-    its allocator holds in use plus what the device has free."""
-    backend = backends.keras_backend()
-    framework = backends.by_name(backend)  # None on Keras' numpy or openvino backends
-    if backend == "jax":
-        limit = framework.stats().get(0, {}).get("bytes_limit")
-        if limit:
-            return int(limit)
-    in_use = framework.allocator_in_use().get(0, 0) if framework else 0
-    if backend == "torch" and framework.is_initialized():
-        torch = sys.modules["torch"]
-        fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda *_: 1.0)(0)
-        if fraction < 1.0:
-            return int(fraction * torch.cuda.get_device_properties(0).total_memory)
-        in_use = torch.cuda.memory_reserved(0)
+    its allocator holds plus what the device has free."""
+    framework = backends.by_name(backends.keras_backend())  # None on numpy or openvino
+    held = 0
+    if framework is not None:
+        cap = framework.cap_bytes(0)
+        if cap is not None:
+            return cap
+        held = framework.held_bytes(0) or 0
     devices = _nvml.devices()
     if not devices:
         return None
     used = _nvml.memory_used(devices[0])
     if used is None:
         return None
-    return in_use + devices[0].total_bytes - used
+    return held + devices[0].total_bytes - used
 
 
 def _budget(budget: Any, headroom: float) -> Tuple[int, bool]:
@@ -144,77 +154,92 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
     leaves = keras.tree.flatten(x)
     if not leaves or not hasattr(leaves[0], "shape") or not len(leaves[0]):
         raise ValueError("x must be an array (or a list/dict of arrays) with samples in it")
-    count = len(leaves[0])
-    ceiling = max_batch_size or count
     budget_bytes, capped = _budget(budget, headroom)
-
-    from .estimator import estimate
-
+    search = _Search(keras, model, x, y, budget_bytes, max_batch_size or len(leaves[0]))
     try:
         guess = estimate(model, 1)
-        predicted = max(1, guess.largest_batch(budget_bytes, ceiling))
+        predicted = max(1, guess.largest_batch(budget_bytes, search.ceiling))
     except (ValueError, TypeError):  # a subclassed model: no graph, start from probes alone
         guess, predicted = None, 64
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     saved = _snapshot(model)
-    probes: List[Probe] = []
-    fits: List[Tuple[int, int]] = []
-    low, high = 0, ceiling + 1  # largest batch that fitted, smallest that did not
-
-    def probe(size: int) -> None:
-        nonlocal low, high
-        batch_x = _take(keras, x, size, count)
-        batch_y = None if y is None else _take(keras, y, size, count)
-        try:
-            measured = step.step_peak(model, batch_x, batch_y)
-        except Exception as error:
-            if not backends.is_oom(error):
-                raise
-            traceback.clear_frames(error.__traceback__)
-            del error
-            step.recover()
-            probes.append(Probe(size, None, "out of memory"))
-            high = min(high, size)
-            return
-        finally:
-            del batch_x, batch_y
-        if measured.peak_bytes is None:
-            raise ValueError(f"the step's peak cannot be measured here ({measured.source}): "
-                             "find_batch_size needs a GPU")
-        fitted = measured.peak_bytes <= budget_bytes
-        probes.append(Probe(size, measured.peak_bytes, "fits" if fitted else "over budget"))
-        fits.append((size, measured.peak_bytes))
-        if fitted:
-            low = max(low, size)
-        else:
-            high = min(high, size)
-
     try:
-        target = max(1, min(predicted, ceiling))
-        for size in sorted({max(1, target // 4), max(1, target // 2)}):
-            probe(size)
-        while len(probes) < max_probes and high - low > 1:
-            line = fit_line(fits)
-            nxt = int((budget_bytes - line[0]) / line[1]) if line else low * 2
-            if high <= ceiling and nxt >= high:
-                # the line says more than a size that already failed (out of memory below
-                # the budget): the device has less than the budget, so bisect
-                nxt = (low + high) // 2
-            # stay strictly between what is known to fit and what is known not to
-            nxt = min(max(nxt, low + 1), high - 1, ceiling)
-            close = low and nxt <= low * 1.01 and high <= ceiling  # under 1 % left to gain
-            if nxt <= low or close or nxt in {p.batch_size for p in probes}:
-                break
-            probe(nxt)
+        search.run(predicted, max_probes)
     finally:
         for variable, value in saved:
             variable.assign(value)
         model.reset_metrics()
+    low, probes = search.low, search.probes
     if low == 0:
         raise RuntimeError(f"even a batch of {min(b.batch_size for b in probes)} does not fit "
                            f"in {format_bytes(budget_bytes)}: {probes[-1].outcome}")
     peak = max(p.peak_bytes for p in probes if p.batch_size == low and p.peak_bytes is not None)
     return BatchSize(low, budget_bytes, peak,
                      guess.at(low) if guess is not None else None, probes,
-                     "data" if low >= ceiling else "memory", capped)
+                     "data" if low >= search.ceiling else "memory", capped)
+
+
+class _Search:
+    """The probes of one search: what is known to fit (``low``) and not to (``high``)."""
+
+    def __init__(self, keras: Any, model: Any, x: Any, y: Any, budget_bytes: int,
+                 ceiling: int) -> None:
+        self.keras, self.model, self.x, self.y = keras, model, x, y
+        self.count = len(keras.tree.flatten(x)[0])
+        self.budget_bytes, self.ceiling = budget_bytes, ceiling
+        self.probes: List[Probe] = []
+        self.fits: List[Tuple[int, int]] = []
+        self.low, self.high = 0, ceiling + 1  # largest batch that fitted, smallest that did not
+
+    def run(self, predicted: int, max_probes: int) -> None:
+        """Probe at a quarter and half of ``predicted``, then where the line through the
+        measured peaks says the budget ends, until the answer is within 1 %."""
+        target = max(1, min(predicted, self.ceiling))
+        for size in sorted({max(1, target // 4), max(1, target // 2)}):
+            self.probe(size)
+        while len(self.probes) < max_probes and self.high - self.low > 1:
+            nxt = self._next()
+            close = self.low and nxt <= self.low * 1.01 and self.high <= self.ceiling
+            if nxt <= self.low or close or nxt in {p.batch_size for p in self.probes}:
+                break
+            self.probe(nxt)
+
+    def _next(self) -> int:
+        low, high = self.low, self.high
+        line = fit_line(self.fits)
+        nxt = int((self.budget_bytes - line[0]) / line[1]) if line else low * 2
+        if high <= self.ceiling and nxt >= high:
+            # the line says more than a size that already failed (out of memory below
+            # the budget): the device has less than the budget, so bisect
+            nxt = (low + high) // 2
+        # stay strictly between what is known to fit and what is known not to
+        return min(max(nxt, low + 1), high - 1, self.ceiling)
+
+    def probe(self, size: int) -> None:
+        """One real training step at ``size``; an out-of-memory error is caught and given back."""
+        batch_x = _take(self.keras, self.x, size, self.count)
+        batch_y = None if self.y is None else _take(self.keras, self.y, size, self.count)
+        try:
+            measured = step_peak(self.model, batch_x, batch_y)
+        except Exception as error:
+            if not backends.is_oom(error):
+                raise
+            traceback.clear_frames(error.__traceback__)
+            del error
+            recover()
+            self.probes.append(Probe(size, None, "out of memory"))
+            self.high = min(self.high, size)
+            return
+        finally:
+            del batch_x, batch_y
+        if measured.peak_bytes is None:
+            raise ValueError(f"the step's peak cannot be measured here ({measured.source}): "
+                             "find_batch_size needs a GPU")
+        fitted = measured.peak_bytes <= self.budget_bytes
+        self.probes.append(Probe(size, measured.peak_bytes, "fits" if fitted else "over budget"))
+        self.fits.append((size, measured.peak_bytes))
+        if fitted:
+            self.low = max(self.low, size)
+        else:
+            self.high = min(self.high, size)

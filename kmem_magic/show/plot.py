@@ -9,17 +9,12 @@ from __future__ import annotations
 import io
 from typing import Optional
 
-from .record import CellRecord, Figures, label
-from .units import GiB, MiB, format_bytes
+from ..backends import color, label
+from ..record import HOST, CellRecord, Figures
+from ..sizes import GiB, MiB, format_bytes
+from .text import title
 
-COLORS = {
-    "device": "#7f7f7f",
-    "process": "#1f77b4",
-    "tensorflow": "#ff7f0e",
-    "jax": "#2ca02c",
-    "torch": "#d62728",
-    "host": "#9467bd",
-}
+LIMIT_COLOR = "#bcbd22"
 
 
 def _scale(top: float):
@@ -40,9 +35,9 @@ def figure(record: CellRecord, width_in: float = 8.0):
                         hspace=0.45)
     FigureCanvasAgg(fig)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
-    fig.suptitle(record.title(), fontsize=10)
+    fig.suptitle(title(record), fontsize=10)
     for ax, device in zip(axes, record.devices):
-        figures = record.gpu.get(device.index, Figures())
+        figures = record.figures(device.index)
         top = axis_top(record, figures, device.total_bytes, device.limit_bytes)
         unit, name = _scale(top)
         sources = ["device", "process"]
@@ -53,7 +48,7 @@ def figure(record: CellRecord, width_in: float = 8.0):
             ax.axhline(device.total_bytes / unit, color="black", lw=0.8, ls="--",
                        label=f"total {format_bytes(device.total_bytes)}")
         if device.limit_bytes:
-            ax.axhline(device.limit_bytes / unit, color="#bcbd22", lw=1.2, ls="--",
+            ax.axhline(device.limit_bytes / unit, color=LIMIT_COLOR, lw=1.2, ls="--",
                        label=f"limit {format_bytes(device.limit_bytes)}")
         _mark_peaks(ax, record, figures, device.index, unit)
         ax.set_ylim(0, top / unit)
@@ -62,9 +57,9 @@ def figure(record: CellRecord, width_in: float = 8.0):
                      "total", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper left", ncols=2)
     host_ax = axes[-1]
-    host_top = record.host.peak.get("host").bytes if "host" in record.host.peak else None
+    host_top = record.peak(HOST).bytes
     unit, name = _scale(host_top or MiB)
-    _line(host_ax, record, "host", None, unit)
+    _line(host_ax, record, HOST, None, unit)
     _mark_peaks(host_ax, record, record.host, None, unit)
     if host_top:
         host_ax.set_ylim(0, host_top / unit * 1.15)
@@ -97,10 +92,10 @@ def _line(ax, record: CellRecord, source: str, device: Optional[int], unit: floa
     t, v = zip(*points)
     if source == "process":
         # Read every few seconds only (it is costly): show the readings, not a made-up staircase.
-        ax.plot(t, v, color=COLORS.get(source), lw=1.0, ls="--", marker="o", ms=3,
+        ax.plot(t, v, color=color(source), lw=1.0, ls="--", marker="o", ms=3,
                 label=label(source) + ", every 5 s")
     else:
-        ax.plot(t, v, color=COLORS.get(source), lw=1.4, label=label(source),
+        ax.plot(t, v, color=color(source), lw=1.4, label=label(source),
                 drawstyle="steps-post")
 
 
@@ -112,12 +107,12 @@ def _mark_peaks(ax, record: CellRecord, figures: Figures, device: Optional[int],
         series = record.timeline.find(source, device)
         when = series.argmax_t() if series is not None else None
         when = record.wall_s if when is None else when
-        ax.plot([when], [peak.bytes / unit], marker="v", color=COLORS.get(source), ms=7)
+        ax.plot([when], [peak.bytes / unit], marker="v", color=color(source), ms=7)
         # Label to the left of a peak in the right half, so that it stays inside the axes.
         right_half = when > 0.5 * max(record.wall_s, 1e-3)
         ax.annotate(f"peak {format_bytes(peak.bytes)}", (when, peak.bytes / unit),
                     textcoords="offset points", xytext=(-6 if right_half else 6, 4), fontsize=7,
-                    ha="right" if right_half else "left", color=COLORS.get(source))
+                    ha="right" if right_half else "left", color=color(source))
 
 
 def png(record: CellRecord, width_in: float = 8.0) -> bytes:
@@ -143,14 +138,13 @@ def _points(series, t_max: float, x0: float, width: float, y0: float, height: fl
     )
 
 
-def svg(timeline, devices, limits, elapsed_s: float, width: int = 760,
+def svg(timeline, devices, elapsed_s: float, width: int = 760,
         panel_height: int = 120) -> str:
     """The live curves as a small SVG: one panel per GPU (with its total and limit) and one
     for host RSS. Cheap (well under a millisecond for a few hundred points), so it can be
     redrawn from the sampler thread twice a second."""
     left, right, top_pad, bottom_pad = 62, 8, 14, 16
-    limits = list(limits) + [None] * (len(devices) - len(limits))
-    rows = [(d.cuda_index, d.total_bytes, lim) for d, lim in zip(devices, limits)]
+    rows = [(d.index, d.total_bytes, d.limit_bytes) for d in devices]
     rows.append((None, None, None))  # host RSS
     height = len(rows) * (panel_height + top_pad + bottom_pad)
     t_max = max(elapsed_s, 1e-3)
@@ -168,18 +162,17 @@ def svg(timeline, devices, limits, elapsed_s: float, width: int = 760,
                    f'fill="none" stroke="#ccc"/>')
         out.append(f'<text x="{x0 - 4}" y="{y0 + 8}" text-anchor="end">{format_bytes(top)}</text>')
         out.append(f'<text x="{x0 - 4}" y="{y0 + panel_height}" text-anchor="end">0</text>')
-        for value, color, text in ((limit, "#bcbd22", "limit"),):
-            if value:
-                y = y0 + panel_height * (1 - value / top)
-                out.append(f'<line x1="{x0}" x2="{x0 + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                           f'stroke="{color}" stroke-dasharray="4 3"/>')
-                out.append(f'<text x="{x0 + plot_w - 2}" y="{y - 2:.1f}" text-anchor="end" '
-                           f'fill="{color}">{text} {format_bytes(value)}</text>')
+        if limit:
+            y = y0 + panel_height * (1 - limit / top)
+            out.append(f'<line x1="{x0}" x2="{x0 + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
+                       f'stroke="{LIMIT_COLOR}" stroke-dasharray="4 3"/>')
+            out.append(f'<text x="{x0 + plot_w - 2}" y="{y - 2:.1f}" text-anchor="end" '
+                       f'fill="{LIMIT_COLOR}">limit {format_bytes(limit)}</text>')
         for s in series:
             points = _points(s, t_max, x0, plot_w, y0, panel_height, top)
             if points:
                 dash = ' stroke-dasharray="3 3"' if s.source == "process" else ""
-                out.append(f'<polyline fill="none" stroke="{COLORS.get(s.source, "#333")}" '
+                out.append(f'<polyline fill="none" stroke="{color(s.source)}" '
                            f'stroke-width="1.6"{dash} points="{points}"/>')
         out.append(f'<text x="{x0 + plot_w}" y="{y0 + panel_height + 12}" text-anchor="end">'
                    f'{t_max:.1f} s</text>')

@@ -1,4 +1,4 @@
-"""What in the user's namespace holds framework memory: models, variables, tensors, arrays.
+"""Who holds memory: the models, variables, tensors and arrays in the user's namespace.
 
 >>> import numpy as np
 >>> [o.name for o in scan({"big": np.zeros(2**20), "small": 3})]
@@ -17,7 +17,9 @@ import types
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from .units import nbytes, total_nbytes
+from .. import backends
+from ..backends import loaded
+from ..sizes import nbytes, total_nbytes
 
 MIN_BYTES = 1 << 20  # objects under 1 MiB are not worth a line
 
@@ -39,21 +41,14 @@ def _keras_split(model: Any) -> Tuple[int, int]:
 
 def measure(value: Any) -> Optional[Tuple[str, int]]:
     """``(kind, bytes)`` for a value that holds framework or array memory, else None."""
-    keras = sys.modules.get("keras")
+    keras = loaded("keras")
     if keras is not None and isinstance(value, keras.layers.Layer):
         return f"Keras {type(value).__name__}", sum(_keras_split(value))
     if keras is not None and isinstance(value, keras.Variable):
         return "Keras variable", nbytes(value.shape, value.dtype)
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(value, torch.Tensor):
-        where = "GPU" if value.is_cuda else "CPU"
-        return f"torch tensor ({where})", value.element_size() * value.nelement()
-    jax = sys.modules.get("jax")
-    if jax is not None and isinstance(value, jax.Array):
-        return "jax array", int(value.nbytes)
-    tf = sys.modules.get("tensorflow")
-    if tf is not None and isinstance(value, (tf.Tensor, tf.Variable)):
-        return "TensorFlow tensor", nbytes(value.shape, value.dtype)
+    found = backends.sizeof(value)
+    if found is not None:
+        return found
     numpy = sys.modules.get("numpy")
     if numpy is not None and isinstance(value, numpy.ndarray):
         return "numpy array (host)", int(value.nbytes)
@@ -119,7 +114,7 @@ def scan(namespace: Dict[str, Any], traceback: Any = None,
 
 def keras_state(namespace: Dict[str, Any]) -> Tuple[int, int]:
     """Bytes of weights and of optimizer state of the Keras models in ``namespace``."""
-    keras = sys.modules.get("keras")
+    keras = loaded("keras")
     if keras is None:
         return 0, 0
     weights = optimizer = 0
@@ -131,3 +126,10 @@ def keras_state(namespace: Dict[str, Any]) -> Tuple[int, int]:
             weights += model_weights
             optimizer += model_slots
     return weights, optimizer
+
+
+def keras_dtype_policy() -> Optional[str]:
+    """The name of Keras' global dtype policy (``float32``, ``mixed_float16``), if Keras is
+    imported."""
+    keras = loaded("keras")
+    return None if keras is None else getattr(keras.config.dtype_policy(), "name", None)

@@ -9,23 +9,25 @@ True
 At the start it takes a snapshot of every source, resets the allocators' peak counters (and the
 kernel's high-water mark of host RSS, where Linux allows), and starts the :class:`Sampler`. At the
 end it stops the sampler, takes a second snapshot, and reads the peak counters: those give the
-exact peak of the cell even when a spike lasted a millisecond.
+exact peak of the cell even when a spike lasted a millisecond. The record it returns has no
+suggestions yet: the advice (``kmem_magic.advise``) reads it and the caller completes it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import time
 import weakref
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import psutil
 
-from . import _nvml, backends
-from .record import CellRecord, DeviceInfo, Figures, Peak, Timeline, label
-from .sampler import Sampler, host_rss
-from .units import KiB, Limit
+from .. import _host, _nvml, backends
+from ..record import HOST, CellRecord, Device, Figures, Peak, Timeline
+from ..sizes import Limit
+from .sampler import Sampler
 
 
 class Measurement:
@@ -50,12 +52,12 @@ class Measurement:
 
     def start(self) -> "Measurement":
         global _current
-        self.devices = _nvml.devices()
+        self.devices = limited(_nvml.devices(), self.limit)
         self.gpu_note = _nvml.unavailable_reason()
         self.started_at = datetime.datetime.now().isoformat(timespec="seconds")
         self._before = _snapshot(self.devices)
-        self._states = {b.name: b.begin_cell() for b in backends.BACKENDS}
-        self._host_peak_exact = _reset_host_peak()
+        self._states = {b.name: b.reset_peak() for b in backends.BACKENDS}
+        self._host_peak_exact = _host.reset_peak()
         self._t0 = time.perf_counter()
         self.sampler = Sampler(
             self.devices, backends.BACKENDS, self.interval_s, on_sample=self.on_sample
@@ -70,38 +72,17 @@ class Measurement:
             _current = None
         timeline = self.sampler.stop()
         wall_s = time.perf_counter() - self._t0
-        others: Dict = {}
+        others: Dict[int, tuple] = {}
         after = _snapshot(self.devices, others)
         started = backends.started()
-        gpu: Dict[int, Figures] = {}
-        for device in self.devices:
-            i = device.cuda_index
-            figures = Figures(before=dict(self._before[i]), after=dict(after[i]))
-            figures.peak["device"] = _sampled_peak(
-                timeline, "device", i, figures, f"every {self.interval_s:g} s")
-            figures.peak["process"] = _sampled_peak(
-                timeline, "process", i, figures,
-                f"at the edges and every {self.sampler.process_interval_s:g} s")
-            gpu[i] = figures
-        for backend in started:
-            sampled = {
-                i: series.max() or 0
-                for i in gpu
-                for series in [timeline.find(backend.name, i)]
-                if series is not None
-            }
-            for i, peak in backend.end_cell(self._states[backend.name], sampled).items():
-                if i in gpu:
-                    # A framework that started during the cell held nothing before it.
-                    gpu[i].before.setdefault(backend.name, 0)
-                    gpu[i].peak[backend.name] = peak
-        host = Figures(before={"host": self._before["host"]}, after={"host": after["host"]})
-        host_peak = _host_peak() if self._host_peak_exact else None
-        host.peak["host"] = (
-            Peak(host_peak, True, "kernel high-water mark")
-            if host_peak is not None
-            else _sampled_peak(timeline, "host", None, host, f"every {self.interval_s:g} s")
-        )
+        gpu = {d.index: self._gpu_figures(d.index, after[d.index], timeline)
+               for d in self.devices}
+        self._add_allocator_peaks(gpu, started, timeline)
+        host = Figures(before={HOST: self._before[HOST]}, after={HOST: after[HOST]})
+        host_peak = _host.peak() if self._host_peak_exact else None
+        host.peak[HOST] = (
+            Peak(host_peak, True, "kernel high-water mark") if host_peak is not None
+            else _sampled_peak(timeline, HOST, None, host, f"every {self.interval_s:g} s"))
         return CellRecord(
             execution_count=self.execution_count,
             started_at=self.started_at,
@@ -109,25 +90,49 @@ class Measurement:
             backend=backends.keras_backend(),
             policy=self.policy,
             interval_s=self.interval_s,
-            devices=[
-                DeviceInfo(d.cuda_index, d.name, d.uuid, d.total_bytes,
-                           self.limit.bytes_of(d.total_bytes) if self.limit else None)
-                for d in self.devices
-            ],
+            devices=tuple(self.devices),
             gpu=gpu,
             host=host,
             timeline=timeline,
-            frameworks=[b.name for b in started],
+            frameworks=tuple(b.name for b in started),
             gpu_note=self.gpu_note,
             process_note=self.sampler.process_note,
             error=None if error is None else type(error).__name__,
             error_kind=_error_kind(error),
             source=self.source,
             others=others,
+            faults=tuple(self.sampler.errors),
         )
+
+    def _gpu_figures(self, index: int, after: dict, timeline: Timeline) -> Figures:
+        figures = Figures(before=dict(self._before[index]), after=dict(after))
+        figures.peak["device"] = _sampled_peak(
+            timeline, "device", index, figures, f"every {self.interval_s:g} s")
+        figures.peak["process"] = _sampled_peak(
+            timeline, "process", index, figures,
+            f"at the edges and every {self.sampler.process_interval_s:g} s")
+        return figures
+
+    def _add_allocator_peaks(self, gpu: Dict[int, Figures], started: Sequence,
+                             timeline: Timeline) -> None:
+        for backend in started:
+            sampled = {i: series.max() or 0 for i in gpu
+                       for series in [timeline.find(backend.name, i)] if series is not None}
+            for i, peak in backend.read_peak(self._states[backend.name], sampled).items():
+                if i in gpu:
+                    # A framework that started during the cell held nothing before it.
+                    gpu[i].before.setdefault(backend.name, 0)
+                    gpu[i].peak[backend.name] = peak
 
 
 _current: Optional["weakref.ref[Measurement]"] = None
+
+
+def limited(devices: Sequence[Device], limit: Optional[Limit]) -> List[Device]:
+    """``devices`` with the policy's ``limit`` on each (in bytes) where one is set."""
+    if limit is None:
+        return list(devices)
+    return [dataclasses.replace(d, limit_bytes=limit.bytes_of(d.total_bytes)) for d in devices]
 
 
 def mark(text: str) -> None:
@@ -137,23 +142,23 @@ def mark(text: str) -> None:
         running.sampler.timeline.marks.append([time.perf_counter() - running.sampler.t0, text])
 
 
-def _snapshot(devices, others: Optional[Dict] = None) -> Dict:
+def _snapshot(devices: Sequence[Device], others: Optional[Dict] = None) -> Dict:
     """Every source, now: ``{cuda_index: {source: bytes}, "host": bytes}``; fills ``others``
-    (if given) with the other processes on each GPU: ``[pid, name or None, bytes or None]``."""
-    shot: Dict = {d.cuda_index: {} for d in devices}
+    (if given) with the other processes on each GPU: ``(pid, name or None, bytes or None)``."""
+    shot: Dict = {d.index: {} for d in devices}
     me = os.getpid()
     for device in devices:
-        shot[device.cuda_index]["device"] = _nvml.memory_used(device)
+        shot[device.index]["device"] = _nvml.memory_used(device)
         table = _nvml.processes(device)
-        shot[device.cuda_index]["process"] = _nvml.process_used(device, table=table)[0]
+        shot[device.index]["process"] = _nvml.process_used(device, table=table)[0]
         if others is not None and table is not None:
-            others[device.cuda_index] = [[pid, _process_name(pid), used]
-                                         for pid, used in table if pid != me]
+            others[device.index] = tuple((pid, _process_name(pid), used)
+                                         for pid, used in table if pid != me)
     for backend in backends.started():
-        for index, used in backend.allocator_in_use().items():
+        for index, used in backend.in_use().items():
             if index in shot:
                 shot[index][backend.name] = used
-    shot["host"] = host_rss()
+    shot[HOST] = _host.host_rss()
     return shot
 
 
@@ -173,27 +178,6 @@ def _sampled_peak(timeline: Timeline, source: str, device, figures: Figures, how
     return Peak(max(known) if known else None, False, how)
 
 
-def _reset_host_peak() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0); True if done."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return _host_peak() is not None
-
-
-def _host_peak() -> Optional[int]:
-    try:
-        with open(f"/proc/{os.getpid()}/status") as handle:
-            for line in handle:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * KiB
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def _error_kind(error: Optional[BaseException]) -> Optional[str]:
     if error is None:
         return None
@@ -210,11 +194,11 @@ def measure_now() -> Dict[str, Optional[int]]:
     shot = _snapshot(devices)
     totals: Dict[str, Optional[int]] = {}
     for device in devices:
-        for source, value in shot[device.cuda_index].items():
-            key = label(source)
+        for source, value in shot[device.index].items():
+            key = backends.label(source)
             if value is None or (key in totals and totals[key] is None):
                 totals[key] = None
             else:
                 totals[key] = totals.get(key, 0) + value
-    totals[label("host")] = shot["host"]
+    totals[backends.label(HOST)] = shot[HOST]
     return totals

@@ -4,42 +4,20 @@ Every rule is a pure function of the cell's :class:`~kmem_magic.record.CellRecor
 records and a :class:`Context` (what lives in the user's namespace, the dtype policy). A rule
 speaks only when its numbers say so, gives the numbers that made it speak, the expected saving
 (and whether that was measured or estimated) and the code to apply. A healthy cell gets nothing.
+A new rule is one function here, added to :data:`RULES`.
 """
 
 from __future__ import annotations
 
-import html
 import re
-from dataclasses import asdict, dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from dataclasses import dataclass, field
+from typing import Callable, List, Optional, Sequence
 
-from . import backends
-from .live import LiveObject
-from .record import CellRecord, Figures
-from .units import GiB, MiB, format_bytes
-
-FRAMEWORKS = ("tensorflow", "jax", "torch")
-
-
-@dataclass(frozen=True)
-class Suggestion:
-    """One piece of advice: what, why (the numbers), how much it should save, and the code."""
-
-    rule: str
-    title: str
-    evidence: str
-    code: str
-    saving_bytes: Optional[int] = None
-    saving_kind: str = "estimated"  # "measured" or "estimated"
-
-    def html(self) -> str:
-        saving = (f" <small>(saves about {format_bytes(self.saving_bytes)}, {self.saving_kind})"
-                  "</small>" if self.saving_bytes else "")
-        return (f"<b>{html.escape(self.title)}</b>{saving}<br><small>{html.escape(self.evidence)}"
-                f"</small><pre class='kmem-code'>{html.escape(self.code)}</pre>")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .. import backends
+from ..plan.finder import fit_line
+from ..record import CellRecord, Suggestion
+from ..sizes import GiB, MiB, format_bytes
+from .holders import LiveObject
 
 
 @dataclass
@@ -62,9 +40,9 @@ class Context:
 # --------------------------------------------------------------------------- helpers
 def _allocator(record: CellRecord, device: int) -> Optional[tuple]:
     """(framework, peak bytes, exact) with the largest allocator peak on ``device``."""
-    figures = record.gpu.get(device, Figures())
+    figures = record.figures(device)
     best = None
-    for name in FRAMEWORKS:
+    for name in backends.NAMES:
         peak = figures.peak.get(name)
         if peak is not None and peak.bytes is not None and (best is None or peak.bytes > best[1]):
             best = (name, peak.bytes, peak.exact)
@@ -76,7 +54,7 @@ def _framework_left(record: CellRecord) -> Optional[tuple]:
     allocators on the GPUs, else (no GPU) the host, where the frameworks then keep it."""
     total, known = 0, False
     for device, figures in record.gpu.items():
-        for name in FRAMEWORKS:
+        for name in backends.NAMES:
             left = figures.left_behind(name)
             if left is not None:
                 total += left
@@ -107,8 +85,7 @@ def _template(source: str) -> str:
 def preallocation(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
     """The process holds far more GPU memory than its allocator ever needed."""
     for device in record.devices:
-        figures = record.gpu.get(device.index, Figures())
-        held = figures.after.get("process")
+        held = record.figures(device.index).after.get("process")
         alloc = _allocator(record, device.index)
         if held is None or alloc is None:
             continue
@@ -258,22 +235,6 @@ def near_limit(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
             f"peak {format_bytes(peak)} of {format_bytes(ceiling)} on GPU {device.index}. "
             + evidence, code)
     return None
-
-
-def fit_line(points: Sequence[Tuple[int, int]]) -> Optional[Tuple[float, float]]:
-    """``(fixed, per_sample)``: the least-squares line through measured ``(batch, peak)``
-    points (the fixed part is weights, optimizer state, workspace); None unless two batch
-    sizes were measured and memory grows with the batch."""
-    if len({b for b, _ in points}) < 2:
-        return None
-    n = len(points)
-    mean_b = sum(b for b, _ in points) / n
-    mean_p = sum(p for _, p in points) / n
-    slope = sum((b - mean_b) * (p - mean_p) for b, p in points) / \
-        sum((b - mean_b) ** 2 for b, _ in points)
-    if slope <= 0:
-        return None
-    return mean_p - slope * mean_b, slope
 
 
 def _batch_fit(record, history, device: int, ceiling: int):

@@ -9,7 +9,8 @@ At the default 10 Hz that is well under 0.1 % of a core, and the thread sleeps i
 ``Event.wait`` in between.
 
 Exact peaks do not depend on this rate: they come from the allocators' own peak counters, read
-at the cell's edges (see :mod:`kmem_magic.measure`).
+at the cell's edges (see :mod:`kmem_magic.measure.cell`). What fails inside a tick is kept in
+:attr:`Sampler.errors`, which the record carries as its faults.
 """
 
 from __future__ import annotations
@@ -19,18 +20,11 @@ import time
 import weakref
 from typing import Callable, List, Optional, Sequence
 
-import psutil
-
-from . import _nvml
-from .record import Timeline
+from .. import _host, _nvml
+from ..record import Device, Timeline
 
 THREAD_NAME = "kmem-sampler"
 MAX_POINTS = 20_000
-
-
-def host_rss() -> int:
-    """This process's resident set size in bytes."""
-    return int(psutil.Process().memory_info().rss)
 
 
 class Sampler:
@@ -40,7 +34,7 @@ class Sampler:
 
     def __init__(
         self,
-        devices: Sequence[_nvml.Device],
+        devices: Sequence[Device],
         backends: Sequence = (),
         interval_s: float = 0.1,
         process_interval_s: float = 5.0,
@@ -60,7 +54,6 @@ class Sampler:
         self._next_process = 0.0
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
-        self._process = psutil.Process()
 
     @property
     def t0(self) -> float:
@@ -116,17 +109,17 @@ class Sampler:
         timeline = self.timeline
         try:
             for device in self.devices:
-                timeline.get("device", device.cuda_index).append(t, _nvml.memory_used(device))
+                timeline.get("device", device.index).append(t, _nvml.memory_used(device))
             if force_processes or t >= self._next_process:
                 self._next_process = t + self.process_interval_s
                 for device in self.devices:
                     used, why = _nvml.process_used(device)
                     self.process_note = why or self.process_note
-                    timeline.get("process", device.cuda_index).append(t, used)
+                    timeline.get("process", device.index).append(t, used)
             for backend in self.backends:
-                for index, used in backend.allocator_in_use().items():
+                for index, used in backend.in_use().items():
                     timeline.get(backend.name, index).append(t, used)
-            timeline.get("host").append(t, int(self._process.memory_info().rss))
+            timeline.get("host").append(t, _host.host_rss())
         except Exception as error:  # record what went wrong; never raise into the thread
             self._note(repr(error))
 

@@ -26,8 +26,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from . import units
-from .units import format_bytes
+from .. import sizes
+from ..sizes import format_bytes
 
 # Slot variables per trainable variable, by optimizer class (the option that adds one).
 _SLOTS = {
@@ -115,10 +115,6 @@ class Estimate:
     def _repr_pretty_(self, printer, cycle) -> None:
         printer.text(str(self))
 
-    def to_dict(self) -> Dict[str, Any]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__
-                if name not in ("layers", "_peak_at")}
-
 
 def _keras():
     keras = sys.modules.get("keras")
@@ -146,7 +142,7 @@ def _slot_bytes(optimizer: Any, trainable) -> int:
     if inner is not None:  # LossScaleOptimizer: a few scalars around the real one
         return _slot_bytes(inner, trainable)
     if getattr(optimizer, "built", False) and optimizer.variables:
-        return units.total_nbytes(optimizer.variables)
+        return sizes.total_nbytes(optimizer.variables)
     kind = type(optimizer).__name__
     if kind == "Adafactor":  # a velocity, and for matrices a factored row and column
         total = 0
@@ -166,7 +162,7 @@ def _slot_bytes(optimizer: Any, trainable) -> int:
         slots += 1
     if config.get("use_ema"):
         slots += 1
-    return slots * units.total_nbytes(trainable)
+    return slots * sizes.total_nbytes(trainable)
 
 
 def _nodes(model: Any) -> List[Tuple[Any, list, list]]:
@@ -186,7 +182,7 @@ def _bytes_of(tensors, batch: int, itemsize: Optional[int]) -> int:
 
 
 def _tensor_bytes(tensor: Any, batch: int, itemsize: Optional[int]) -> int:
-    size = units.itemsize(tensor.dtype)
+    size = sizes.itemsize(tensor.dtype)
     if itemsize is not None and "float" in str(tensor.dtype):
         size = itemsize
     return _elements(tensor.shape, batch) * size
@@ -219,7 +215,7 @@ def _internal(layer: Any, inputs, outputs, batch: int, backend: str,
     kind = _kind(layer)
     out = _bytes_of(outputs, batch, itemsize)
     elements = sum(_elements(t.shape, batch) for t in outputs)
-    half = itemsize == 2 or any(units.itemsize(t.dtype) == 2 for t in outputs)
+    half = itemsize == 2 or any(sizes.itemsize(t.dtype) == 2 for t in outputs)
     extra = 0
     if _activation(layer) in _SAVED_TWICE and kind != "Activation":
         extra += out  # the pre-activation, which the derivative needs
@@ -241,10 +237,10 @@ def _internal(layer: Any, inputs, outputs, batch: int, backend: str,
         extra += elements  # the mask, a byte per element
     elif kind == "MultiHeadAttention":
         extra += _attention(layer, inputs, batch, backend,
-                            itemsize or units.itemsize(outputs[0].dtype))
+                            itemsize or sizes.itemsize(outputs[0].dtype))
     elif kind in _GATES:
         extra += _recurrent(layer, inputs, batch, backend,
-                            itemsize or units.itemsize(outputs[0].dtype))
+                            itemsize or sizes.itemsize(outputs[0].dtype))
     return extra
 
 
@@ -300,61 +296,79 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
                          "graph to read")
     if dtype_policy is not None:
         compute = keras.dtype_policies.get(dtype_policy).compute_dtype
-        itemsize: Optional[int] = units.itemsize(compute)
+        itemsize: Optional[int] = sizes.itemsize(compute)
     else:
         compute = model.dtype_policy.compute_dtype
         itemsize = None
-    backend = keras.config.backend()
     optimizer = optimizer if optimizer is not None else getattr(model, "optimizer", None)
     if isinstance(optimizer, str):
         optimizer = keras.optimizers.get(optimizer)
     if optimizer is None:
         optimizer = keras.optimizers.Adam()
+    step = _Step(model, keras.config.backend(), str(compute), itemsize, optimizer)
+    _, activations, temporary, gradients, named = step.parts(batch_size)
+    total = step.peak_at(batch_size)
+    # the memory that grows with the batch, per sample (where activations dominate)
+    per_sample = (step.peak_at(2 * batch_size) - total) / batch_size
+    named.sort(key=lambda item: item[1], reverse=True)
+    return Estimate(batch_size, step.backend, str(compute), step.weights, gradients, step.slots,
+                    activations, temporary, step.data_bytes(batch_size), int(total), per_sample,
+                    int(step.fixed), named, step.peak_at)
 
-    trainable = model.trainable_variables
-    weights = units.total_nbytes(model.variables)
-    slots = _slot_bytes(optimizer, trainable)
-    nodes = [n for n in _nodes(model) if _kind(n[0]) != "InputLayer"]
-    model_outputs = {id(t) for t in model.outputs}
-    consumers: Dict[int, List[Tuple[Any, list]]] = {}
-    for layer, ins, outs in nodes:
-        for tensor in ins:
-            consumers.setdefault(id(tensor), []).append((layer, outs))
 
-    def read_later(tensor: Any) -> bool:
+class _Step:
+    """One training step of a model, as the estimate models it: what does not depend on the
+    batch is decided once (which outputs each layer keeps, each layer's gradient), and
+    :meth:`peak_at` walks the backward pass for any batch size."""
+
+    def __init__(self, model: Any, backend: str, compute: str, itemsize: Optional[int],
+                 optimizer: Any) -> None:
+        self.model, self.backend, self.itemsize = model, backend, itemsize
+        trainable = model.trainable_variables
+        self.weights = sizes.total_nbytes(model.variables)
+        self.slots = _slot_bytes(optimizer, trainable)
+        self.fixed = self.weights + self.slots + _WORKSPACE.get(backend, 0)
+        self.nodes = [n for n in _nodes(model) if _kind(n[0]) != "InputLayer"]
+        self.model_outputs = {id(t) for t in model.outputs}
+        self.consumers: Dict[int, List[Tuple[Any, list]]] = {}
+        for layer, ins, outs in self.nodes:
+            for tensor in ins:
+                self.consumers.setdefault(id(tensor), []).append((layer, outs))
+        half = sizes.itemsize(compute) == 2
+        # float16 kernel copies
+        self.casts = sizes.total_nbytes(trainable) // 2 if half and backend != "jax" else 0
+        self.update_factor = {"torch": _TORCH_UPDATE.get(_optimizer_kind(optimizer), 2.0),
+                              "tensorflow": 1.0}.get(backend, 0.0)
+        if half and "float16" in compute and "bfloat" not in compute and backend != "jax":
+            self.update_factor += 1.0  # loss scaling unscales a copy of the gradients
+        # a shared layer's weights get one gradient, however often the layer is called
+        self.kept_outputs, self.grads, counted = [], [], set()
+        for layer, _, outs in self.nodes:
+            self.kept_outputs.append([] if _kind(layer) in _VIEWS else
+                                     [t for t in outs if _needs_output(layer) or
+                                      self._read_later(t)])
+            self.grads.append(0 if id(layer) in counted else
+                              sizes.total_nbytes(layer.trainable_variables))
+            counted.add(id(layer))
+
+    def _read_later(self, tensor: Any) -> bool:
         """Whether a backward step reads this tensor (through views such as Flatten)."""
-        if id(tensor) in model_outputs:
+        if id(tensor) in self.model_outputs:
             return True  # the loss reads the predictions
-        for layer, outs in consumers.get(id(tensor), []):
-            if _needs_input(layer) or _kind(layer) in _VIEWS and any(map(read_later, outs)):
+        for layer, outs in self.consumers.get(id(tensor), []):
+            if _needs_input(layer) or _kind(layer) in _VIEWS and any(map(self._read_later, outs)):
                 return True
         return False
 
-    half = units.itemsize(compute) == 2
-    trainable_bytes = units.total_nbytes(trainable)
-    casts = trainable_bytes // 2 if half and backend != "jax" else 0  # float16 kernel copies
-    update_factor = {"torch": _TORCH_UPDATE.get(_optimizer_kind(optimizer), 2.0),
-                     "tensorflow": 1.0}.get(backend, 0.0)
-    if half and "float16" in str(compute) and "bfloat" not in str(compute) and backend != "jax":
-        update_factor += 1.0  # loss scaling unscales a copy of the gradients
-
-    # What does not depend on the batch, once: which outputs each call keeps, and the
-    # gradient of each layer's weights (a shared layer's weights get one, however often called)
-    kept_outputs, grads, counted = [], [], set()
-    for layer, _, outs in nodes:
-        kept_outputs.append([] if _kind(layer) in _VIEWS else
-                            [t for t in outs if _needs_output(layer) or read_later(t)])
-        grads.append(0 if id(layer) in counted else units.total_nbytes(layer.trainable_variables))
-        counted.add(id(layer))
-
-    def step(batch: int) -> Tuple[int, int, int, int, List[Tuple[str, int]]]:
+    def parts(self, batch: int) -> Tuple[int, int, int, int, List[Tuple[str, int]]]:
+        """``(step peak, activations kept, largest temporary, gradients, kept per layer)``."""
         kept, transient, named = [], [], []
-        for (layer, ins, outs), keeps in zip(nodes, kept_outputs):
-            size = None if any(id(t) in model_outputs for t in outs) else itemsize
+        for (layer, ins, outs), keeps in zip(self.nodes, self.kept_outputs):
+            size = None if any(id(t) in self.model_outputs for t in outs) else self.itemsize
             layer_kept = 0
             if _kind(layer) not in _VIEWS:
                 layer_kept = sum(_tensor_bytes(t, batch, size) for t in keeps)
-                layer_kept += _internal(layer, ins, outs, batch, backend, size)
+                layer_kept += _internal(layer, ins, outs, batch, self.backend, size)
             kept.append(layer_kept)
             transient.append(_bytes_of(outs, batch, size) + _bytes_of(ins, batch, size))
             named.append((layer.name, layer_kept))
@@ -362,31 +376,20 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
         peak_backward = 0
         alive_activations, grads_done = activations, 0
         for k in reversed(range(len(kept))):
-            grads_done += grads[k]
+            grads_done += self.grads[k]
             peak_backward = max(peak_backward, alive_activations + grads_done + transient[k])
             alive_activations -= kept[k]
-        gradients = sum(grads)
+        gradients = sum(self.grads)
         # XLA fuses the update into the backward pass: no gradient copies on jax
-        update = int(update_factor * gradients)
-        step_peak = max(peak_backward + casts, gradients + update)
+        update = int(self.update_factor * gradients)
+        step_peak = max(peak_backward + self.casts, gradients + update)
         return step_peak, activations, max(transient + [0]), gradients, named
 
-    fixed = weights + slots + _WORKSPACE.get(backend, 0)
+    def data_bytes(self, batch: int) -> int:
+        return _bytes_of(self.model.inputs, batch, None) + _target_bytes(self.model, batch)
 
-    def data_bytes(batch: int) -> int:
-        return _bytes_of(model.inputs, batch, None) + _target_bytes(model, batch)
-
-    def peak_at(batch: int) -> int:
-        return fixed + data_bytes(batch) + step(batch)[0]
-
-    _, activations, temporary, gradients, named = step(batch_size)
-    total = peak_at(batch_size)
-    # the memory that grows with the batch, per sample (where activations dominate)
-    per_sample = (peak_at(2 * batch_size) - total) / batch_size
-    named.sort(key=lambda item: item[1], reverse=True)
-    return Estimate(batch_size, backend, str(compute), weights, gradients, slots, activations,
-                    temporary, data_bytes(batch_size),
-                    int(total), per_sample, int(fixed), named, peak_at)
+    def peak_at(self, batch: int) -> int:
+        return self.fixed + self.data_bytes(batch) + self.parts(batch)[0]
 
 
 def _optimizer_kind(optimizer: Any) -> str:

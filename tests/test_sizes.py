@@ -1,6 +1,6 @@
 import pytest
 
-from kmem_magic.units import GiB, MiB, format_bytes, itemsize, parse_limit, parse_size
+from kmem_magic.sizes import GiB, MiB, format_bytes, itemsize, parse_limit, parse_size
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from . import _nvml
-from ._hooks import PostImportHooks
-from .units import Limit, parse_limit
+from .. import _nvml
+from ..backends import BACKENDS, Report
+from ..sizes import Limit, parse_limit
+from ._import_hooks import PostImportHooks
 
 MODES = ("growth", "limit", "none")
 
@@ -47,18 +48,6 @@ class Policy:
         if self.mode == "limit":
             return f"limit {self.limit}"
         return "growth" if self.mode == "growth" else "none (measure only)"
-
-
-@dataclass
-class Report:
-    """The outcome of applying a policy to one backend, for the one-line message."""
-
-    backend: str
-    status: str  # applied | kept | too-late | not-installed | nothing
-    message: str
-
-    def __str__(self) -> str:
-        return f"  {self.backend:<11} {self.message}"
 
 
 class Environment:
@@ -95,6 +84,24 @@ class Environment:
         return sorted(self._set)
 
 
+class _Setup:
+    """What one application of a policy lets the backends do (the backends' ``Setup``):
+    offer environment variables and queue post-import hooks, until it is withdrawn."""
+
+    def __init__(self, env: Environment, hooks: PostImportHooks) -> None:
+        self._env, self._hooks = env, hooks
+        self.active = True
+
+    def offer(self, name: str, value: str) -> Tuple[bool, str]:
+        return self._env.offer(name, value)
+
+    def is_users(self, name: str) -> bool:
+        return self._env.is_users(name)
+
+    def after_import(self, package: str, hook: Callable[[Any], None]) -> None:
+        self._hooks.add(package, hook)
+
+
 class Configurator:
     """Applies a :class:`Policy` to every backend and remembers what it did, to undo it.
 
@@ -107,20 +114,17 @@ class Configurator:
         self.policy: Optional[Policy] = None
         self.reports: List[Report] = []
         self._printer = printer
-        self.generation = 0  # bumped by apply() and remove(); deferred actions check it
+        self._setup: Optional[_Setup] = None
 
     def apply(self, policy: Policy) -> List[Report]:
         """Apply ``policy`` to every backend not started yet; print and return one report each."""
-        from .backends import BACKENDS
-
         # A new policy replaces the old one entirely: withdraw what the old one set first.
-        self.env.restore()
-        self.hooks.clear()
+        self._withdraw()
         self.hooks.install()
-        self.generation += 1
         self.policy = policy
+        self._setup = _Setup(self.env, self.hooks)
         devices = _nvml.devices()
-        self.reports = [backend.configure(policy, self, devices) for backend in BACKENDS]
+        self.reports = [backend.configure(policy, self._setup, devices) for backend in BACKENDS]
         gpu_note = _nvml.unavailable_reason()
         lines = [f"kmem_magic: policy {policy}" + (f" (no GPU: {gpu_note})" if gpu_note else "")]
         lines += [str(report) for report in self.reports]
@@ -129,20 +133,16 @@ class Configurator:
 
     def remove(self) -> None:
         """Undo everything :meth:`apply` did that can still be undone (idempotent)."""
-        self.generation += 1
+        self._withdraw()
         self.policy = None
-        self.hooks.clear()
         self.hooks.uninstall()
+
+    def _withdraw(self) -> None:
+        if self._setup is not None:
+            self._setup.active = False  # hooks queued inside a framework check this
+        self.hooks.clear()
         self.env.restore()
 
     def _hook_failed(self, package: str, error: BaseException) -> None:
         self._printer(f"kmem_magic: could not configure {package} after its import: {error}")
 
-
-def too_late(backend: str, what: str, fix_env: str) -> str:
-    """The message for a backend that started before kmem could configure it."""
-    return (
-        f"already started before kmem_magic was loaded: {what} can no longer apply. "
-        f"Fix: restart the kernel and run %load_ext kmem_magic before anything imports "
-        f"{backend}, or set {fix_env} before starting Jupyter."
-    )

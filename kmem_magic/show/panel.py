@@ -17,15 +17,16 @@ same PNG as the static fallback), the facts, a slot for suggestions, and two but
 from __future__ import annotations
 
 import base64
-import html
+from html import escape
 import os
 import sys
 import time
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
-from .plot import COLORS, svg
-from .record import CellRecord, Figures, Timeline, label
-from .units import format_bytes
+from ..record import CellRecord, Device, Timeline
+from ..sizes import format_bytes
+from . import export, html, text
+from .plot import png, svg
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 
@@ -55,19 +56,18 @@ def _enable_colab_widgets() -> None:
 class Panel:
     """The widget panel of one cell. Create and :meth:`show` it in the main thread."""
 
-    def __init__(self, title: str, devices: Sequence, limit_bytes: Sequence[Optional[int]],
-                 refresh_s: float = 0.5, live: bool = True,
-                 actions: Optional["Actions"] = None) -> None:
+    def __init__(self, title: str, devices: Sequence[Device], refresh_s: float = 0.5,
+                 live: bool = True, actions: Optional["Actions"] = None) -> None:
         import ipywidgets as w
 
         self.devices = list(devices)
-        self.limits = list(limit_bytes)
+        self.limits = [d.limit_bytes for d in self.devices]
         self.refresh_s = refresh_s
         self.live = live
         self.actions = actions
         self._last = 0.0
         self._started = time.perf_counter()
-        self.header = w.HTML(value=_header(title, self.devices, self.limits))
+        self.header = w.HTML(value=html.header(title, self.devices, self.limits))
         self.curves = w.HTML(value="")
         self.image = w.Image(format="png", layout=w.Layout(display="none", max_width="100%"))
         self.stats = w.HTML(value="<i>measuring…</i>")
@@ -90,28 +90,31 @@ class Panel:
         self._handle = None
 
     # ------------------------------------------------------------------ main thread
-    def show(self, text: str = "%%gpumem: measuring…") -> None:
-        """Display the panel (main thread), with ``text`` for frontends without widgets."""
+    def show(self, placeholder: str = "%%gpumem: measuring…") -> None:
+        """Display the panel (main thread), with ``placeholder`` for frontends without
+        widgets."""
         from IPython.display import display
 
         _enable_colab_widgets()
-        self._handle = display(self._bundle(text), raw=True, display_id=True)
+        self._handle = display(self._bundle(placeholder), raw=True, display_id=True)
 
-    def finish(self, record: CellRecord, png: bytes,
-               suggestions: Sequence[str] = (), text: Optional[str] = None) -> None:
-        """Switch to the final view and update the displayed bundle in place (main thread)."""
+    def finish(self, record: CellRecord, image: bytes, summary: Optional[str] = None) -> None:
+        """Switch to the final view of ``record`` (its plot ``image``, its figures and
+        suggestions) and update the displayed bundle in place (main thread)."""
         self.record = record
         with self.widget.hold_sync():
-            self.header.value = _header(html.escape(record.title()), self.devices, self.limits)
+            self.header.value = html.header(escape(text.title(record)), self.devices,
+                                            self.limits)
             self.curves.layout.display = "none"
-            self.image.value = png
+            self.image.value = image
             self.image.layout.display = None
-            self.stats.value = final_stats(record)
-            self.set_suggestions(suggestions)
+            self.stats.value = html.final_stats(record)
+            self.suggestions.value = html.suggestions(record.suggestions)
+            self.suggestions.layout.display = None if record.suggestions else "none"
             self.clear_button.disabled = "keras" not in sys.modules
             self.save_button.disabled = False
-        bundle = self._bundle(text or record.summary())
-        bundle["image/png"] = base64.b64encode(png).decode("ascii")
+        bundle = self._bundle(summary or text.summary(record))
+        bundle["image/png"] = base64.b64encode(image).decode("ascii")
         if self._handle is None:
             from IPython.display import display
 
@@ -120,16 +123,9 @@ class Panel:
         else:
             self._handle.update(bundle, raw=True)
 
-    def set_suggestions(self, suggestions: Sequence[str]) -> None:
-        """Fill the suggestion slot (hidden while empty); items are HTML."""
-        self.suggestions.value = "".join(f"<li>{s}</li>" for s in suggestions)
-        if suggestions:
-            self.suggestions.value = f"<b>Suggestions</b><ul>{self.suggestions.value}</ul>"
-        self.suggestions.layout.display = None if suggestions else "none"
-
-    def _bundle(self, text: str) -> dict:
+    def _bundle(self, plain: str) -> dict:
         view = self.widget._repr_mimebundle_()[WIDGET_VIEW]
-        return {WIDGET_VIEW: view, "text/plain": text}
+        return {WIDGET_VIEW: view, "text/plain": plain}
 
     # ------------------------------------------------------------------ sampler thread
     def on_sample(self, timeline: Timeline) -> None:
@@ -143,8 +139,8 @@ class Panel:
     def paint(self, timeline: Timeline, elapsed_s: float) -> None:
         """Set the live curves and the live stats from ``timeline`` (traits only)."""
         with self.widget.hold_sync():
-            self.curves.value = svg(timeline, self.devices, self.limits, elapsed_s)
-            self.stats.value = live_stats(timeline, self.devices, elapsed_s)
+            self.curves.value = svg(timeline, self.devices, elapsed_s)
+            self.stats.value = html.live_stats(timeline, self.devices, elapsed_s)
 
     # ------------------------------------------------------------------ buttons
     def _clear(self, _button=None) -> None:
@@ -187,73 +183,7 @@ class Actions:
 
     def save(self, record: CellRecord) -> str:
         """Write the plot (PNG) and the timeline (CSV) next to the notebook, never overwriting."""
-        from .plot import png
-
         folder = self.folder or os.getcwd()
-        stem = os.path.join(folder, f"kmem-{record.name}")
-        n = 0
-        while any(os.path.exists(f"{stem}{'' if n == 0 else f'-{n}'}{ext}")
-                  for ext in (".png", ".csv")):
-            n += 1
-        stem = f"{stem}{'' if n == 0 else f'-{n}'}"
-        with open(stem + ".png", "wb") as handle:
-            handle.write(png(record))
-        with open(stem + ".csv", "w") as handle:
-            handle.write(record.to_csv())
-        return f"Saved {os.path.basename(stem)}.png and .csv in {html.escape(folder)}"
-
-
-# --------------------------------------------------------------------------- text pieces
-def _header(title: str, devices: Sequence, limits: Sequence[Optional[int]]) -> str:
-    parts = [f"<b>{title}</b>"]
-    for device, limit in zip(devices, limits or [None] * len(devices)):
-        extra = f", limit {format_bytes(limit)}" if limit else ""
-        parts.append(f"GPU {device.cuda_index}: {html.escape(device.name)} "
-                     f"({format_bytes(device.total_bytes)}{extra})")
-    if not devices:
-        parts.append("no GPU visible: host memory only")
-    return "<div class='kmem-header'>" + " · ".join(parts) + "</div>"
-
-
-def _swatch(source: str) -> str:
-    return f"<span style='color:{COLORS.get(source, '#333')}'>■</span> {label(source)}"
-
-
-def live_stats(timeline: Timeline, devices: Sequence, elapsed_s: float) -> str:
-    """One line per GPU and one for the host: the latest value and the highest so far."""
-    rows = []
-    keys = [(d.cuda_index, f"GPU {d.cuda_index}") for d in devices] + [(None, "host")]
-    for device, name in keys:
-        cells = []
-        for series in timeline.series.values():
-            if series.device != device or not series.values:
-                continue
-            cells.append(f"{_swatch(series.source)} {format_bytes(series.values[-1])} "
-                         f"(max {format_bytes(series.max())})")
-        rows.append(f"<b>{name}</b> " + " · ".join(cells))
-    return (f"<div class='kmem-live'>running {elapsed_s:.1f} s<br>" + "<br>".join(rows)
-            + "</div>")
-
-
-def final_stats(record: CellRecord) -> str:
-    """The facts: peak (value, time, source, exact or sampled) and what was left behind."""
-    rows = []
-    groups: List = [(f"GPU {d.index}", record.gpu.get(d.index, Figures()), d.index)
-                    for d in record.devices] + [("host", record.host, None)]
-    for name, figures, device in groups:
-        for source in figures.sources():
-            peak = figures.peak.get(source)
-            series = record.timeline.find(source, device)
-            when = series.argmax_t() if series is not None else None
-            at = f" at {when:.1f} s" if when is not None and not (peak and peak.exact) else ""
-            how = "exact" if peak and peak.exact else "sampled"
-            rows.append(
-                f"<tr><td>{name}</td><td>{_swatch(source)}</td>"
-                f"<td class='kmem-peak'>peak {format_bytes(peak.bytes if peak else None)}{at}"
-                f" <small>({how}{', ' + html.escape(peak.note) if peak and peak.note else ''})"
-                f"</small></td><td class='kmem-left'>left behind "
-                f"{format_bytes(figures.left_behind(source), signed=True)}</td></tr>")
-    note = f"<br><small>this process: {html.escape(record.process_note)}</small>" \
-        if record.process_note else ""
-    return (f"<table class='kmem-final'>{''.join(rows)}</table>"
-            f"<small>wall time {record.wall_s:.2f} s</small>{note}")
+        stem = export.save(record, png(record), folder)
+        return f"Saved {escape(os.path.basename(stem))}.png and .csv in " \
+            f"{escape(folder)}"

@@ -1,0 +1,87 @@
+"""HTML pieces of the panel: the header, the live figures, the final table, a suggestion.
+
+>>> from kmem_magic.record import Suggestion
+>>> suggestion(Suggestion("r", "Title <1>", "why", "code()")).startswith("<b>Title &lt;1&gt;</b>")
+True
+"""
+
+from __future__ import annotations
+
+import html
+from typing import List, Optional, Sequence
+
+from ..backends import color, label
+from ..record import HOST, CellRecord, Device, Suggestion, Timeline
+from ..sizes import format_bytes
+from .text import saving
+
+
+def header(title: str, devices: Sequence[Device], limits: Sequence[Optional[int]] = ()) -> str:
+    """The panel's first line: ``title`` (HTML) and each GPU with its total and limit."""
+    parts = [f"<b>{title}</b>"]
+    for device, limit in zip(devices, list(limits) + [None] * len(devices)):
+        extra = f", limit {format_bytes(limit)}" if limit else ""
+        parts.append(f"GPU {device.index}: {html.escape(device.name)} "
+                     f"({format_bytes(device.total_bytes)}{extra})")
+    if not devices:
+        parts.append("no GPU visible: host memory only")
+    return "<div class='kmem-header'>" + " · ".join(parts) + "</div>"
+
+
+def swatch(source: str) -> str:
+    """A coloured square and the source's name."""
+    return f"<span style='color:{color(source)}'>■</span> {label(source)}"
+
+
+def live_stats(timeline: Timeline, devices: Sequence[Device], elapsed_s: float) -> str:
+    """One line per GPU and one for the host: the latest value and the highest so far."""
+    rows = []
+    keys = [(d.index, f"GPU {d.index}") for d in devices] + [(None, HOST)]
+    for device, name in keys:
+        cells = []
+        for series in timeline.series.values():
+            if series.device != device or not series.values:
+                continue
+            cells.append(f"{swatch(series.source)} {format_bytes(series.values[-1])} "
+                         f"(max {format_bytes(series.max())})")
+        rows.append(f"<b>{name}</b> " + " · ".join(cells))
+    return (f"<div class='kmem-live'>running {elapsed_s:.1f} s<br>" + "<br>".join(rows)
+            + "</div>")
+
+
+def final_stats(record: CellRecord) -> str:
+    """The facts: peak (value, time, source, exact or sampled) and what was left behind."""
+    rows = []
+    groups: List = [(f"GPU {d.index}", d.index) for d in record.devices] + [(HOST, None)]
+    for name, device in groups:
+        figures = record.figures(device)
+        for source in figures.sources():
+            peak = figures.peak.get(source)
+            series = record.timeline.find(source, device)
+            when = series.argmax_t() if series is not None else None
+            at = f" at {when:.1f} s" if when is not None and not (peak and peak.exact) else ""
+            how = "exact" if peak and peak.exact else "sampled"
+            rows.append(
+                f"<tr><td>{name}</td><td>{swatch(source)}</td>"
+                f"<td class='kmem-peak'>peak {format_bytes(peak.bytes if peak else None)}{at}"
+                f" <small>({how}{', ' + html.escape(peak.note) if peak and peak.note else ''})"
+                f"</small></td><td class='kmem-left'>left behind "
+                f"{format_bytes(figures.left_behind(source), signed=True)}</td></tr>")
+    note = f"<br><small>this process: {html.escape(record.process_note)}</small>" \
+        if record.process_note else ""
+    return (f"<table class='kmem-final'>{''.join(rows)}</table>"
+            f"<small>wall time {record.wall_s:.2f} s</small>{note}")
+
+
+def suggestion(item: Suggestion) -> str:
+    """One suggestion: title, saving, evidence and the code to apply."""
+    extra = f" <small>({saving(item)})</small>" if item.saving_bytes else ""
+    return (f"<b>{html.escape(item.title)}</b>{extra}<br><small>{html.escape(item.evidence)}"
+            f"</small><pre class='kmem-code'>{html.escape(item.code)}</pre>")
+
+
+def suggestions(items: Sequence[Suggestion]) -> str:
+    """The suggestion list, empty when there are none."""
+    if not items:
+        return ""
+    return "<b>Suggestions</b><ul>" + "".join(f"<li>{suggestion(s)}</li>" for s in items) + "</ul>"

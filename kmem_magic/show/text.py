@@ -1,0 +1,150 @@
+"""Plain-text views: a cell's report, its one-line form, the history table, and the status.
+
+>>> from kmem_magic.record import CellRecord
+>>> one_line(CellRecord(4, "", 0.25, None, "growth", 0.1))
+'%%gpumem cell-4: peak unknown (host RSS, host), left behind unknown, 0.25 s'
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, List, Sequence
+
+from .. import _nvml, backends
+from ..backends import label
+from ..record import HOST, UNKNOWN, CellRecord, Figures, Suggestion
+from ..sizes import format_bytes
+
+
+def title(record: CellRecord) -> str:
+    """``%%gpumem cell-3 · 2.10 s · keras jax · policy growth`` (and the error, if any)."""
+    text = f"%%gpumem {record.name} · {record.wall_s:.2f} s"
+    if record.backend:
+        text += f" · keras {record.backend}"
+    text += f" · policy {record.policy}"
+    if record.error_kind:
+        text += f" · {record.error_kind}: {record.error}"
+    return text
+
+
+def summary(record: CellRecord) -> str:
+    """The compact report: one header line, then per device the peak and what was left."""
+    head = [f"%%gpumem {record.name}", f"{record.wall_s:.2f} s"]
+    head.append(f"keras backend {record.backend}" if record.backend else "keras not imported")
+    head.append(f"policy {record.policy}")
+    if record.error_kind:
+        head.append({"oom": "OUT OF MEMORY", "interrupt": "interrupted"}.get(
+            record.error_kind, "failed") + f" ({record.error})")
+    lines = [" · ".join(head)]
+    for device in record.devices:
+        limit = f", limit {format_bytes(device.limit_bytes)}" if device.limit_bytes else ""
+        total = format_bytes(device.total_bytes)
+        lines.append(f"GPU {device.index} {device.name} ({total}{limit})")
+        figures = record.figures(device.index)
+        lines += _figure_lines(figures)
+        if record.process_note and figures.peak.get("process", UNKNOWN).bytes is None:
+            lines.append(f"  this process: unknown, {record.process_note}")
+    if record.gpu_note:
+        lines.append(f"no GPU: {record.gpu_note}; host memory only")
+    lines.append("host")
+    lines += _figure_lines(record.host)
+    if record.faults:
+        lines.append(f"kmem: {len(record.faults)} reading(s) failed while measuring, "
+                     f"the first: {record.faults[0]}")
+    if record.suggestions:
+        lines.append("suggestions")
+        lines += [line for s in record.suggestions for line in suggestion_lines(s)]
+    return "\n".join(lines)
+
+
+def saving(suggestion: Suggestion) -> str:
+    """``saves about 1.20 GiB, measured``, or empty when the rule names no saving."""
+    if not suggestion.saving_bytes:
+        return ""
+    return f"saves about {format_bytes(suggestion.saving_bytes)}, {suggestion.saving_kind}"
+
+
+def suggestion_lines(suggestion: Suggestion) -> List[str]:
+    """A suggestion as indented text: title (and saving), evidence, code."""
+    extra = f" ({saving(suggestion)})" if suggestion.saving_bytes else ""
+    lines = [f"  * {suggestion.title}{extra}", f"    {suggestion.evidence}"]
+    return lines + [f"      {line}" for line in suggestion.code.splitlines()]
+
+
+def _figure_lines(figures: Figures) -> List[str]:
+    lines = []
+    for source in figures.sources():
+        peak = figures.peak.get(source, UNKNOWN)
+        how = "exact" if peak.exact else "sampled"
+        if peak.note:
+            how += f", {peak.note}"
+        lines.append(
+            f"  {label(source):<22} peak {format_bytes(peak.bytes):>11} ({how})"
+            f"   left behind {format_bytes(figures.left_behind(source), signed=True)}"
+        )
+    return lines
+
+
+def one_line(record: CellRecord) -> str:
+    """A single line: the largest exact peak (or sampled, if none), left behind, time."""
+    peak, source, device, left = record.headline()
+    where = HOST if device is None else f"GPU {device}"
+    return (
+        f"%%gpumem {record.name}: peak {format_bytes(peak.bytes)} ({label(source)}, {where}), "
+        f"left behind {format_bytes(left, signed=True)}, {record.wall_s:.2f} s"
+    )
+
+
+def quiet_line(record: CellRecord) -> str:
+    """What ``--quiet`` prints: :func:`one_line` and the titles of the suggestions."""
+    if not record.suggestions:
+        return one_line(record)
+    return (f"{one_line(record)} · {len(record.suggestions)} suggestion(s): "
+            + "; ".join(s.title for s in record.suggestions))
+
+
+def history_table(records: Sequence[CellRecord]) -> str:
+    """Every measured cell: number, peak, left behind, wall time, suggestions."""
+    if not records:
+        return "no cell measured yet: run one with %%gpumem"
+    lines = [f"{'cell':<9} {'wall':>8}  {'peak':<36} {'left behind':>13}  suggestions"]
+    for record in records:
+        peak, source, _, left = record.headline()
+        lines.append(
+            f"{record.name:<9} {record.wall_s:>7.2f}s  "
+            f"{format_bytes(peak.bytes) + ' (' + label(source) + ')':<36} "
+            f"{format_bytes(left, signed=True):>13}  "
+            + ("; ".join(s.title for s in record.suggestions) or "-"))
+    return "\n".join(lines)
+
+
+def status(configurator: Any) -> str:
+    """The policy, each backend's state, and the devices, as text (``%gpumem status``)."""
+    policy = configurator.policy
+    lines = [f"kmem_magic policy: {policy if policy else 'not applied'}"]
+    reports = {r.backend: r for r in configurator.reports}
+    for backend in backends.BACKENDS:
+        state = ("started" if backend.is_initialized() else
+                 "imported" if backend.is_imported() else
+                 "installed" if backend.is_installed() else "not installed")
+        report = reports.get(backend.name)
+        lines.append(f"  {backend.name:<11} {state:<13} "
+                     f"{report.message if report else ''}".rstrip())
+    lines.append(f"keras backend: {backends.keras_backend() or 'keras not imported'}")
+    devices = _nvml.devices()
+    if not devices:
+        lines.append(f"no GPU: {_nvml.unavailable_reason()}")
+    for device in devices:
+        used = _nvml.memory_used(device)
+        mine, why = _nvml.process_used(device)
+        lines.append(
+            f"GPU {device.index}: {device.name} {device.uuid} "
+            f"used {format_bytes(used)} of {format_bytes(device.total_bytes)}, "
+            f"this process {format_bytes(mine)}" + (f" ({why})" if why else "")
+        )
+    if _nvml.order_note():
+        lines.append(f"device order: {_nvml.order_note()}")
+    if configurator.env.names:
+        lines.append("set by kmem: " + ", ".join(
+            f"{name}={os.environ.get(name)}" for name in configurator.env.names))
+    return "\n".join(lines)
