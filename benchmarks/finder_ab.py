@@ -11,7 +11,6 @@ holds over rounds, noise as one that does not.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
