@@ -52,6 +52,8 @@ def _load() -> Any:
             _reason = "NVIDIA driver/library version mismatch: reboot or reload the driver"
         except pynvml.NVMLError as error:
             _reason = f"NVML unavailable: {error}"
+        except Exception as error:  # a broken binding or driver: no GPU figures, no traceback
+            _reason = f"NVML failed to start: {error!r}"
         else:
             _nvml = pynvml
         return _nvml
@@ -158,7 +160,7 @@ def devices() -> List[Device]:
         return _devices
     try:
         every = _all_nvml_devices(nvml)
-    except nvml.NVMLError as error:
+    except Exception as error:  # NVMLError or a broken binding: no devices, and why
         _order_note = f"NVML could not list devices: {error}"
         _devices = []
         return _devices

@@ -103,13 +103,16 @@ class FakeNvml:
     NVMLError_DriverNotLoaded = type("DriverNotLoaded", (FakeNVMLError,), {})
     NVMLError_LibRmVersionMismatch = type("Mismatch", (FakeNVMLError,), {})
 
-    def __init__(self, gpus, missing=False):
+    def __init__(self, gpus, missing=False, broken=False):
         self.gpus = gpus
         self.missing = missing
+        self.broken = broken  # nvmlInit raises an error that is no NVMLError
         self.calls = []
         self.failing_reads = set()  # numbers (1, 2, ...) of the `used` reads that raise
 
     def nvmlInit(self):
+        if self.broken:
+            raise OSError("libnvidia-ml.so.1: wrong ELF class")
         if self.missing:
             raise FakeLibraryNotFound("NVML Shared Library Not Found")
 
@@ -143,8 +146,8 @@ class FakeNvml:
 def fake_nvml(monkeypatch):
     """Install a :class:`FakeNvml` as ``pynvml``; call it with the GPUs to present."""
 
-    def install(gpus, missing=False):
-        fake = FakeNvml(gpus, missing)
+    def install(gpus, missing=False, broken=False):
+        fake = FakeNvml(gpus, missing, broken)
         monkeypatch.setitem(sys.modules, "pynvml", fake)
         _nvml.reset_for_tests()
         return fake

@@ -157,8 +157,26 @@ def test_readings_that_fail_while_sampling_are_reported_not_hidden(ip, fake_nvml
     record = kmem_magic.history(ip)[-1]
     assert result.success and result.result == 1
     assert record.faults and "driver hiccup" in record.faults[0]
-    assert "kmem: 2 reading(s) failed while measuring, the first: RuntimeError('driver hiccup')" \
-        in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "kmem: 2 reading(s) failed while measuring, the first: NVML memory: " \
+        "RuntimeError('driver hiccup')" in out
+    device, host = record.timeline.find("device", 0), record.timeline.find("host")
+    assert None in device.values, "a failed reading is a gap (unknown), never a made-up value"
+    assert len(host.t_s) == len(device.t_s), "the other sources are read in every sample"
+
+
+def test_nvml_failing_at_the_cells_start_never_stops_the_cell(ip, fake_nvml, capsys):
+    fake = fake_nvml([gpu(0)])
+    fake.failing_reads = set(range(1, 10_000))  # every `used` read raises, the first included
+    result = run(ip, "%%gpumem\nprint('body ran')\n6 * 7")
+    out = capsys.readouterr().out
+    record = kmem_magic.history(ip)[-1]
+    assert result.success and result.result == 42 and "body ran" in out
+    assert record.peak("device", 0).bytes is None, "unknown, never 0"
+    assert record.faults[0] == "NVML memory: RuntimeError('driver hiccup')"
+    assert "device used (NVML)     peak     unknown" in out
+    assert "reading(s) failed while measuring, the first: NVML memory" in out
+    assert record.peak("host").bytes > 0, "one failing source does not stop the others"
 
 
 def test_output_needs_a_variable_name(ip):

@@ -83,3 +83,18 @@ def test_process_memory_other_processes_and_containers(fake_nvml):
     assert _nvml.process_used(d[3]) == (0, None)
     used, why = _nvml.process_used(d[4])
     assert used is None and "does not report" in why
+
+
+def test_an_nvml_that_fails_to_start_means_no_gpu_figures_and_no_traceback(shell, fake_nvml,
+                                                                          capsys):
+    fake_nvml([gpu(0)], broken=True)
+    shell.run_line_magic("load_ext", "kmem_magic")
+    try:
+        loaded = capsys.readouterr().out
+        result = shell.run_cell("%gpumem status")
+        status = capsys.readouterr().out
+    finally:
+        shell.run_line_magic("unload_ext", "kmem_magic")
+    assert "no GPU: NVML failed to start: OSError('libnvidia-ml.so.1: wrong ELF class')" in loaded
+    assert result.success and "Traceback" not in status
+    assert "no GPU: NVML failed to start" in status

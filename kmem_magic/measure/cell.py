@@ -11,16 +11,20 @@ kernel's high-water mark of host RSS, where Linux allows), and starts the :class
 end it stops the sampler, takes a second snapshot, and reads the peak counters: those give the
 exact peak of the cell even when a spike lasted a millisecond. The record it returns has no
 suggestions yet: the advice (``kmem_magic.advise``) reads it and the caller completes it.
+
+A reading that fails (NVML, an allocator counter, whatever it raises) never stops the cell: the
+figure is unknown, and the record's ``faults`` say which reading failed and how.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import os
 import time
 import weakref
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import psutil
 
@@ -49,15 +53,18 @@ class Measurement:
         self.on_sample = on_sample
         self.source = source
         self.sampler: Optional[Sampler] = None
+        self.faults: List[str] = []
 
     def start(self) -> "Measurement":
         global _current
-        self.devices = limited(_nvml.devices(), self.limit)
-        self.gpu_note = _nvml.unavailable_reason()
+        guard = self._guard
+        self.devices = limited(guard("NVML devices", _nvml.devices, []), self.limit)
+        self.gpu_note = guard("NVML", _nvml.unavailable_reason, "NVML failed")
         self.started_at = datetime.datetime.now().isoformat(timespec="seconds")
-        self._before = _snapshot(self.devices)
-        self._states = {b.name: b.reset_peak() for b in backends.BACKENDS}
-        self._host_peak_exact = _host.reset_peak()
+        self._before = _snapshot(self.devices, guard)
+        self._states = {b.name: guard(f"{b.name} reset_peak", b.reset_peak, None)
+                        for b in backends.BACKENDS}
+        self._host_peak_exact = guard("host peak", _host.reset_peak, False)
         self._t0 = time.perf_counter()
         self.sampler = Sampler(
             self.devices, backends.BACKENDS, self.interval_s, on_sample=self.on_sample
@@ -73,13 +80,13 @@ class Measurement:
         timeline = self.sampler.stop()
         wall_s = time.perf_counter() - self._t0
         others: Dict[int, tuple] = {}
-        after = _snapshot(self.devices, others)
-        started = backends.started()
+        after = _snapshot(self.devices, self._guard, others)
+        started = self._guard("backends", backends.started, [])
         gpu = {d.index: self._gpu_figures(d.index, after[d.index], timeline)
                for d in self.devices}
         self._add_allocator_peaks(gpu, started, timeline)
         host = Figures(before={HOST: self._before[HOST]}, after={HOST: after[HOST]})
-        host_peak = _host.peak() if self._host_peak_exact else None
+        host_peak = self._guard("host peak", _host.peak, None) if self._host_peak_exact else None
         host.peak[HOST] = (
             Peak(host_peak, True, "kernel high-water mark") if host_peak is not None
             else _sampled_peak(timeline, HOST, None, host, f"every {self.interval_s:g} s"))
@@ -87,7 +94,7 @@ class Measurement:
             execution_count=self.execution_count,
             started_at=self.started_at,
             wall_s=wall_s,
-            backend=backends.keras_backend(),
+            backend=self._guard("keras backend", backends.keras_backend, None),
             policy=self.policy,
             interval_s=self.interval_s,
             devices=tuple(self.devices),
@@ -101,8 +108,17 @@ class Measurement:
             error_kind=_error_kind(error),
             source=self.source,
             others=others,
-            faults=tuple(self.sampler.errors),
+            faults=tuple(self.faults + self.sampler.errors),
         )
+
+    def _guard(self, what: str, read: Callable[[], Any], unknown: Any) -> Any:
+        """``read()``, or ``unknown`` when it raises: a failed reading is noted, never raised."""
+        try:
+            return read()
+        except Exception as error:
+            if len(self.faults) < 10:
+                self.faults.append(f"{what}: {error!r}")
+            return unknown
 
     def _gpu_figures(self, index: int, after: dict, timeline: Timeline) -> Figures:
         figures = Figures(before=dict(self._before[index]), after=dict(after))
@@ -118,7 +134,8 @@ class Measurement:
         for backend in started:
             sampled = {i: series.max() or 0 for i in gpu
                        for series in [timeline.find(backend.name, i)] if series is not None}
-            for i, peak in backend.read_peak(self._states[backend.name], sampled).items():
+            read = functools.partial(backend.read_peak, self._states[backend.name], sampled)
+            for i, peak in self._guard(f"{backend.name} read_peak", read, {}).items():
                 if i in gpu:
                     # A framework that started during the cell held nothing before it.
                     gpu[i].before.setdefault(backend.name, 0)
@@ -142,23 +159,31 @@ def mark(text: str) -> None:
         running.sampler.timeline.marks.append([time.perf_counter() - running.sampler.t0, text])
 
 
-def _snapshot(devices: Sequence[Device], others: Optional[Dict] = None) -> Dict:
-    """Every source, now: ``{cuda_index: {source: bytes}, "host": bytes}``; fills ``others``
-    (if given) with the other processes on each GPU: ``(pid, name or None, bytes or None)``."""
+def _unguarded(what: str, read: Callable[[], Any], unknown: Any) -> Any:
+    return read()
+
+
+def _snapshot(devices: Sequence[Device], guard: Callable = _unguarded,
+              others: Optional[Dict] = None) -> Dict:
+    """Every source, now: ``{cuda_index: {source: bytes}, "host": bytes}``, each read through
+    ``guard(what, read, unknown)``; fills ``others`` (if given) with the other processes on each
+    GPU: ``(pid, name or None, bytes or None)``."""
     shot: Dict = {d.index: {} for d in devices}
     me = os.getpid()
     for device in devices:
-        shot[device.index]["device"] = _nvml.memory_used(device)
-        table = _nvml.processes(device)
-        shot[device.index]["process"] = _nvml.process_used(device, table=table)[0]
+        shot[device.index]["device"] = guard("NVML memory", lambda: _nvml.memory_used(device),
+                                             None)
+        table = guard("NVML processes", lambda: _nvml.processes(device), None)
+        shot[device.index]["process"] = _nvml.process_used(device, table=table)[0] \
+            if table is not None else None
         if others is not None and table is not None:
             others[device.index] = tuple((pid, _process_name(pid), used)
                                          for pid, used in table if pid != me)
-    for backend in backends.started():
-        for index, used in backend.in_use().items():
+    for backend in guard("backends", backends.started, []):
+        for index, used in guard(f"{backend.name} in_use", backend.in_use, {}).items():
             if index in shot:
                 shot[index][backend.name] = used
-    shot[HOST] = _host.host_rss()
+    shot[HOST] = guard("host RSS", _host.host_rss, None)
     return shot
 
 

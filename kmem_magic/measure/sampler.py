@@ -18,7 +18,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from typing import Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 from .. import _host, _nvml
 from ..record import Device, Timeline
@@ -104,24 +104,33 @@ class Sampler:
                 interval *= 2
 
     def sample(self, force_processes: bool = False) -> None:
-        """Record one sample of every source (called by the thread; callable directly)."""
+        """Record one sample of every source (called by the thread; callable directly). A
+        source whose reading fails is recorded as unknown (None) and the failure noted; the
+        other sources are still read."""
         t = time.perf_counter() - self._t0
         timeline = self.timeline
-        try:
+        for device in self.devices:
+            used = self._read("NVML memory", lambda: _nvml.memory_used(device))
+            timeline.get("device", device.index).append(t, used)
+        if force_processes or t >= self._next_process:
+            self._next_process = t + self.process_interval_s
             for device in self.devices:
-                timeline.get("device", device.index).append(t, _nvml.memory_used(device))
-            if force_processes or t >= self._next_process:
-                self._next_process = t + self.process_interval_s
-                for device in self.devices:
-                    used, why = _nvml.process_used(device)
-                    self.process_note = why or self.process_note
-                    timeline.get("process", device.index).append(t, used)
-            for backend in self.backends:
-                for index, used in backend.in_use().items():
-                    timeline.get(backend.name, index).append(t, used)
-            timeline.get("host").append(t, _host.host_rss())
-        except Exception as error:  # record what went wrong; never raise into the thread
-            self._note(repr(error))
+                used, why = self._read("NVML processes", lambda: _nvml.process_used(device),
+                                       (None, None))
+                self.process_note = why or self.process_note
+                timeline.get("process", device.index).append(t, used)
+        for backend in self.backends:
+            for index, used in self._read(f"{backend.name} in_use", backend.in_use, {}).items():
+                timeline.get(backend.name, index).append(t, used)
+        timeline.get("host").append(t, self._read("host RSS", _host.host_rss))
+
+    def _read(self, what: str, read: Callable[[], Any], unknown: Any = None) -> Any:
+        """``read()``, or ``unknown`` when it raises (noted; never raised into the thread)."""
+        try:
+            return read()
+        except Exception as error:
+            self._note(f"{what}: {error!r}")
+            return unknown
 
     def _note(self, text: str) -> None:
         if len(self.errors) < 10:
