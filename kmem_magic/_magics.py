@@ -11,6 +11,7 @@ This module only wires the rooms together: :mod:`._cell` compiles and runs the c
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
 import traceback
@@ -35,8 +36,12 @@ CELL_ONLY = ("--interval", "--quiet", "--no-live", "--compare", "-o", "--output"
 
 
 def _size_or_percent(value: str) -> str:
-    """argparse ``type=`` for --limit: accepts ``4GiB``, ``512MiB``, ``60%``."""
-    parse_limit(value)
+    """argparse ``type=`` for --limit: accepts ``4GiB``, ``512MiB``, ``60%``; what it refuses
+    is said in the error (argparse's own would only say "invalid")."""
+    try:
+        parse_limit(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
 
 

@@ -32,6 +32,8 @@ _UNITS = {
     "g": GiB, "gib": GiB, "gb": 1000**3,
     "t": TiB, "tib": TiB, "tb": 1000**4,
 }
+MAX_BYTES = 1024 * TiB
+MIN_BARE_LIMIT = 64 * MiB  # a limit without a unit below this needs one
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
 
@@ -78,18 +80,27 @@ def parse_size(text: str) -> int:
     value = float(match.group(1)) * _UNITS[unit]
     if value < 1:
         raise ValueError(f"a size must be at least 1 byte: {text!r}")
+    if value > MAX_BYTES:  # 400 digits would overflow; no device holds a pebibyte
+        raise ValueError(f"a size must be at most {format_bytes(MAX_BYTES)}: {text!r}")
     return int(value)
 
 
 def parse_limit(text: str) -> Limit:
-    """A :class:`Limit` from ``4GiB`` (bytes) or ``60%`` (share of each GPU's total memory)."""
+    """A :class:`Limit` from ``4GiB`` (bytes) or ``60%`` (share of each GPU's total memory).
+
+    A bare number under 64 MiB (``4``: four bytes, surely meant otherwise) needs a unit, and a
+    share under 0.1 % is refused: no framework starts in that little memory."""
     match = _PERCENT.match(str(text))
     if match:
         percent = float(match.group(1))
-        if not 0 < percent <= 100:
-            raise ValueError(f"a percentage limit must be above 0 and at most 100: {text!r}")
+        if not 0.1 <= percent <= 100:
+            raise ValueError(f"a percentage limit must be at least 0.1 and at most 100: {text!r}")
         return Limit(fraction=percent / 100)
-    return Limit(bytes=parse_size(text))
+    limit = Limit(bytes=parse_size(text))
+    if limit.bytes < MIN_BARE_LIMIT and not _SIZE.match(str(text)).group(2):
+        raise ValueError(f"a limit of {text.strip()} bytes is surely not meant: give a unit "
+                         "(e.g. 4GiB, 512MiB) or a share (60%)")
+    return limit
 
 
 def format_bytes(value: Optional[float], signed: bool = False) -> str:

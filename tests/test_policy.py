@@ -108,7 +108,9 @@ def test_bad_environment_limit_is_one_line_error_and_changes_nothing(shell):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("--limit 4XB", "invalid size"),
+    ("--limit 4XB", "argument --limit: not a size: '4XB'"),
+    ("--limit " + "9" * 400, "a size must be at most 1024.00 TiB"),
+    ("--limit 4", "a limit of 4 bytes is surely not meant: give a unit"),
     ("--limit 4GiB --no-policy", "choose one"),
     ("--interval 0", "--interval applies to the cell magic %%gpumem"),
     ("statsu", "invalid choice"),

@@ -25,10 +25,26 @@ def test_percent_limits_are_fractions_of_each_device():
     assert str(limit) == "60%"
 
 
-@pytest.mark.parametrize("text", ["0%", "101%", "-5%"])
+@pytest.mark.parametrize("text", ["0%", "101%", "-5%", "0.001%"])
 def test_percent_out_of_range_is_refused(text):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="percentage limit must be at least 0.1 and at most 100|not a"):
         parse_limit(text)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("4", "a limit of 4 bytes is surely not meant: give a unit"),
+    ("1" * 400, "a size must be at most 1024.00 TiB"),
+    ("5000TiB", "a size must be at most 1024.00 TiB"),
+])
+def test_limits_no_one_means_are_one_line_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_limit(text)
+
+
+def test_small_limits_with_a_unit_and_large_bare_numbers_are_accepted():
+    assert parse_limit("32MiB").bytes == 32 * MiB
+    assert parse_limit(str(2 * GiB)).bytes == 2 * GiB
+    assert parse_limit("0.5%").fraction == pytest.approx(0.005)
 
 
 def test_byte_limit_as_fraction_is_capped_at_one():
