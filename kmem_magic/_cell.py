@@ -15,6 +15,18 @@ import tokenize
 from typing import Any, Dict, NamedTuple, Optional
 
 
+class TopLevelAwait(ValueError):
+    """The cell awaits at top level, which ``%%gpumem`` cannot run (yet)."""
+
+
+def _parses_with_top_level_await(source: str) -> bool:
+    try:
+        compile(source, "<cell>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT, dont_inherit=True)
+    except SyntaxError:
+        return False
+    return True
+
+
 class Code(NamedTuple):
     """A compiled cell: its statements and its last expression (each None when absent)."""
 
@@ -40,13 +52,19 @@ def compile_cell(shell: Any, line: str, cell: str) -> Code:
     # Cache "%%gpumem ..." plus the body so tracebacks show the user's lines, numbered as
     # in the notebook cell (the body starts on line 2).
     filename = shell.compile.cache(f"%%gpumem {line}\n{source}", shell.execution_count)
-    tree = shell.compile.ast_parse("\n" + source, filename=filename)
-    tree = shell.transform_ast(tree)
-    last = None
-    if tree.body and isinstance(tree.body[-1], ast.Expr) and not ends_with_semicolon(source):
-        last = ast.Expression(tree.body.pop().value)
-    body = shell.compile(tree, filename, "exec") if tree.body else None
-    expr = shell.compile(last, filename, "eval") if last is not None else None
+    try:
+        tree = shell.transform_ast(shell.compile.ast_parse("\n" + source, filename=filename))
+        last = None
+        if tree.body and isinstance(tree.body[-1], ast.Expr) and not ends_with_semicolon(source):
+            last = ast.Expression(tree.body.pop().value)
+        body = shell.compile(tree, filename, "exec") if tree.body else None
+        expr = shell.compile(last, filename, "eval") if last is not None else None
+    except SyntaxError:
+        if _parses_with_top_level_await(source):
+            raise TopLevelAwait("%%gpumem: top-level await cannot be measured yet; run the "
+                                "awaited code in a cell of its own, or measure a synchronous "
+                                "call") from None
+        raise
     return Code(body, expr)
 
 

@@ -113,6 +113,12 @@ class GpuMem(Magics):
                 raise TraitError(f"GpuMem.limit: {error}") from None
         return value
 
+    @validate("history_size")
+    def _check_history_size(self, proposal) -> int:
+        if proposal["value"] < 1:
+            raise TraitError(f"GpuMem.history_size must be at least 1, not {proposal['value']}")
+        return proposal["value"]
+
     @validate("interval", "refresh")
     def _check_interval(self, proposal) -> float:
         if not 0.001 <= proposal["value"] <= 60:
@@ -216,7 +222,10 @@ class GpuMem(Magics):
         if args.output is not None and not args.output.isidentifier():
             raise UsageError(f"%%gpumem -o: {args.output!r} is not a variable name")
         # Compile first: a cell with a syntax error changes nothing, not even the policy.
-        code = _cell.compile_cell(self.shell, line, cell)
+        try:
+            code = _cell.compile_cell(self.shell, line, cell)
+        except _cell.TopLevelAwait as error:
+            raise UsageError(str(error)) from None
         if policy is not None:
             self.configurator.apply(policy)
         return self._measure_cell(code, args, cell)
@@ -310,7 +319,7 @@ class GpuMem(Magics):
 
     def _export(self, path: str) -> str:
         try:
-            return export.export(self.history, path)
+            return export.export(self.history, os.path.expanduser(path))
         except FileExistsError:
             raise UsageError(f"%gpumem export: {path} exists; choose another name") from None
         except OSError as error:

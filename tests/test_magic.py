@@ -179,6 +179,24 @@ def test_nvml_failing_at_the_cells_start_never_stops_the_cell(ip, fake_nvml, cap
     assert record.peak("host").bytes > 0, "one failing source does not stop the others"
 
 
+def test_top_level_await_is_a_one_line_usage_error_and_runs_nothing(ip):
+    result = run(ip, "%%gpumem\nimport asyncio\nran = True\nawait asyncio.sleep(0)")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "top-level await cannot be measured yet" in str(result.error_in_exec)
+    assert "ran" not in ip.user_ns
+
+
+def test_a_real_syntax_error_stays_a_syntax_error(ip):
+    result = run(ip, "%%gpumem\nawait = (")
+    assert isinstance(result.error_in_exec, SyntaxError)
+
+
+def test_history_size_below_one_is_refused_and_the_old_value_kept(ip):
+    before = ip.magics_manager.registry["GpuMem"].history_size
+    run(ip, "%config GpuMem.history_size = 0")  # %config prints the TraitError
+    assert ip.magics_manager.registry["GpuMem"].history_size == before
+
+
 def test_output_needs_a_variable_name(ip):
     result = run(ip, "%%gpumem -o 2bad\nran = True")
     assert isinstance(result.error_in_exec, UsageError) and "not a variable name" in str(
