@@ -174,7 +174,7 @@ def test_nvml_failing_at_the_cells_start_never_stops_the_cell(ip, fake_nvml, cap
     assert result.success and result.result == 42 and "body ran" in out
     assert record.peak("device", 0).bytes is None, "unknown, never 0"
     assert record.faults[0] == "NVML memory: RuntimeError('driver hiccup')"
-    assert "device used (NVML)     peak     unknown" in out
+    assert "device used (NVML)     peak     unknown (sampled, no reading succeeded)" in out
     assert "reading(s) failed while measuring, the first: NVML memory" in out
     assert record.peak("host").bytes > 0, "one failing source does not stop the others"
 
@@ -195,6 +195,22 @@ def test_history_size_below_one_is_refused_and_the_old_value_kept(ip):
     before = ip.magics_manager.registry["GpuMem"].history_size
     run(ip, "%config GpuMem.history_size = 0")  # %config prints the TraitError
     assert ip.magics_manager.registry["GpuMem"].history_size == before
+
+
+def test_export_errors_are_one_line_usage_errors_and_write_nothing(ip, tmp_path):
+    run(ip, "%%gpumem --quiet\nx = 1")
+    missing = tmp_path / "no-such-folder" / "cells.csv"
+    result = run(ip, f"%gpumem export {missing}")
+    assert isinstance(result.error_in_exec, UsageError)
+    assert "cannot write" in str(result.error_in_exec) and "No such file" in str(
+        result.error_in_exec)
+    outside = tmp_path / "outside.csv"
+    (tmp_path / "link.csv").symlink_to(outside)  # dangling: it points at nothing yet
+    result = run(ip, f"%gpumem export {tmp_path / 'link.csv'}")
+    assert isinstance(result.error_in_exec, UsageError) and "exists" in str(result.error_in_exec)
+    assert not outside.exists(), "never written through a symbolic link"
+    result = run(ip, f"%gpumem export {tmp_path / 'cells.json'}")
+    assert result.error_in_exec is None and (tmp_path / "cells.json").read_text().startswith("[")
 
 
 def test_output_needs_a_variable_name(ip):

@@ -83,6 +83,12 @@ def test_save_writes_png_and_csv_and_never_overwrites(fake_nvml, tmp_path):
     assert (tmp_path / f"kmem-{record.name}.csv").read_text().startswith("t_s,series")
 
 
+def test_a_save_that_fails_says_so_in_the_panel(fake_nvml, tmp_path):
+    _, record = measured(fake_nvml, 0.05)
+    status = Actions(dict, folder=str(tmp_path / "gone")).save(record)
+    assert status.startswith("Could not save in") and "No such file" in status
+
+
 def test_clear_without_keras_says_there_is_nothing_to_clear(monkeypatch):
     import sys
 

@@ -200,7 +200,9 @@ def _sampled_peak(timeline: Timeline, source: str, device, figures: Figures, how
     values = [figures.before.get(source), figures.after.get(source)]
     values.append(series.max() if series is not None else None)
     known = [v for v in values if v is not None]
-    return Peak(max(known) if known else None, False, how)
+    if not known:
+        return Peak(None, False, "no reading succeeded")
+    return Peak(max(known), False, how)
 
 
 def _error_kind(error: Optional[BaseException]) -> Optional[str]:

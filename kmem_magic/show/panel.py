@@ -184,6 +184,9 @@ class Actions:
     def save(self, record: CellRecord) -> str:
         """Write the plot (PNG) and the timeline (CSV) next to the notebook, never overwriting."""
         folder = self.folder or os.getcwd()
-        stem = export.save(record, png(record), folder)
+        try:
+            stem = export.save(record, png(record), folder)
+        except OSError as error:  # said in the panel: a button's exception would be silent
+            return f"Could not save in {escape(folder)}: {escape(error.strerror or str(error))}"
         return f"Saved {escape(os.path.basename(stem))}.png and .csv in " \
             f"{escape(folder)}"
