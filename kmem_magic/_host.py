@@ -17,11 +17,16 @@ import psutil
 
 from .sizes import KiB
 
-_process = psutil.Process()  # made once: creating one costs more than reading it
+_process: Optional[psutil.Process] = None
 
 
 def host_rss() -> int:
     """This process's resident set size in bytes."""
+    global _process
+    # made once per process (creating one costs more than reading it); a forked child makes
+    # its own, else it would read its parent
+    if _process is None or _process.pid != os.getpid():
+        _process = psutil.Process()
     return int(_process.memory_info().rss)
 
 

@@ -248,7 +248,7 @@ class GpuMem(Magics):
             return value
         except BaseException as raised:
             error = raised
-            if backends.is_oom(raised):
+            if _is_oom(raised):
                 # Out of memory: the failed frames' locals (batches, activations) would keep the
                 # memory alive through sys.last_traceback. Release them; the text stays.
                 traceback.clear_frames(raised.__traceback__)
@@ -325,6 +325,15 @@ class GpuMem(Magics):
         except OSError as error:
             raise UsageError(f"%gpumem export: cannot write {path}: "
                              f"{error.strerror or error}") from None
+
+
+def _is_oom(error: BaseException) -> bool:
+    """Whether the cell's error is out of memory; never raises (an exception whose ``str``
+    fails must stay the user's own)."""
+    try:
+        return backends.is_oom(error)
+    except Exception:
+        return False
 
 
 def _chosen_policy(args) -> Optional[Policy]:

@@ -127,9 +127,6 @@ class Figures:
         return seen
 
 
-NO_FIGURES = Figures()
-
-
 @dataclass(frozen=True)
 class Suggestion:
     """One piece of advice: what, why (the numbers), how much it should save, and the code."""
@@ -154,7 +151,7 @@ class CellRecord:
     interval_s: float
     devices: Tuple[Device, ...] = ()
     gpu: Dict[int, Figures] = field(default_factory=dict)
-    host: Figures = NO_FIGURES
+    host: Figures = field(default_factory=Figures)
     timeline: Timeline = field(default_factory=Timeline)
     frameworks: Tuple[str, ...] = ()
     gpu_note: Optional[str] = None
@@ -175,7 +172,7 @@ class CellRecord:
 
     def figures(self, device: Optional[int] = None) -> Figures:
         """The figures of GPU ``device`` (host memory when ``device`` is None)."""
-        return self.host if device is None else self.gpu.get(device, NO_FIGURES)
+        return self.host if device is None else self.gpu.get(device) or Figures()
 
     def peak(self, source: str, device: Optional[int] = None) -> Peak:
         """The peak of ``source`` on GPU ``device`` (host memory when ``device`` is None)."""
@@ -228,7 +225,7 @@ class CellRecord:
             series.t_s, series.values = list(raw["t_s"]), list(raw["bytes"])
         data["devices"] = tuple(Device(**d) for d in data.get("devices", ()))
         data["gpu"] = {int(k): figures(v) for k, v in data.get("gpu", {}).items()}
-        data["host"] = figures(data["host"]) if "host" in data else NO_FIGURES
+        data["host"] = figures(data["host"]) if "host" in data else Figures()
         data["others"] = {int(k): tuple(tuple(o) for o in v)
                           for k, v in data.get("others", {}).items()}
         data["frameworks"] = tuple(data.get("frameworks", ()))

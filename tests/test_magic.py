@@ -158,7 +158,7 @@ def test_readings_that_fail_while_sampling_are_reported_not_hidden(ip, fake_nvml
     assert result.success and result.result == 1
     assert record.faults and "driver hiccup" in record.faults[0]
     out = capsys.readouterr().out
-    assert "kmem: 2 reading(s) failed while measuring, the first: NVML memory: " \
+    assert "kmem: 2 fault(s) while measuring (those figures are unknown), the first: NVML memory: " \
         "RuntimeError('driver hiccup')" in out
     device, host = record.timeline.find("device", 0), record.timeline.find("host")
     assert None in device.values, "a failed reading is a gap (unknown), never a made-up value"
@@ -175,7 +175,7 @@ def test_nvml_failing_at_the_cells_start_never_stops_the_cell(ip, fake_nvml, cap
     assert record.peak("device", 0).bytes is None, "unknown, never 0"
     assert record.faults[0] == "NVML memory: RuntimeError('driver hiccup')"
     assert "device used (NVML)     peak     unknown (sampled, no reading succeeded)" in out
-    assert "reading(s) failed while measuring, the first: NVML memory" in out
+    assert "fault(s) while measuring (those figures are unknown), the first: NVML memory" in out
     assert record.peak("host").bytes > 0, "one failing source does not stop the others"
 
 
@@ -211,6 +211,31 @@ def test_export_errors_are_one_line_usage_errors_and_write_nothing(ip, tmp_path)
     assert not outside.exists(), "never written through a symbolic link"
     result = run(ip, f"%gpumem export {tmp_path / 'cells.json'}")
     assert result.error_in_exec is None and (tmp_path / "cells.json").read_text().startswith("[")
+
+
+@pytest.mark.tensorflow
+def test_a_counter_that_cannot_be_reset_gives_no_peak_rather_than_a_stale_one(
+        ip, fake_nvml, monkeypatch):
+    tf = pytest.importorskip("tensorflow")
+    from kmem_magic import backends
+
+    tf.constant(1.0)  # TensorFlow has started
+    fake_nvml([gpu(0)])
+    # TensorFlow's counter API on a GPU:0 whose peak cannot be reset and holds an old 9 GiB
+    counters = tf.config.experimental
+    monkeypatch.setattr(backends.by_name("tensorflow"), "_gpu_names", ["GPU:0"])
+    monkeypatch.setattr(counters, "get_memory_info",
+                        lambda name: {"current": 10 * 2**20, "peak": 9 * 2**30})
+
+    def refuse(name):
+        raise TypeError("reset refused")
+
+    monkeypatch.setattr(counters, "reset_memory_stats", refuse)
+    result = run(ip, "%%gpumem --quiet\nx = 1")
+    record = kmem_magic.history(ip)[-1]
+    assert result.success
+    assert record.peak("tensorflow", 0).bytes is None, "not the 9 GiB of an earlier cell"
+    assert "tensorflow reset_peak: TypeError('reset refused')" in record.faults
 
 
 def test_output_needs_a_variable_name(ip):

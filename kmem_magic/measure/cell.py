@@ -31,7 +31,7 @@ import psutil
 from .. import _host, _nvml, backends
 from ..record import HOST, CellRecord, Device, Figures, Peak, Timeline
 from ..sizes import Limit
-from .sampler import Sampler
+from .sampler import Sampler, guarded
 
 
 class Measurement:
@@ -62,8 +62,13 @@ class Measurement:
         self.gpu_note = guard("NVML", _nvml.unavailable_reason, "NVML failed")
         self.started_at = datetime.datetime.now().isoformat(timespec="seconds")
         self._before = _snapshot(self.devices, guard)
-        self._states = {b.name: guard(f"{b.name} reset_peak", b.reset_peak, None)
-                        for b in backends.BACKENDS}
+        # a backend whose counter could not be reset gets no allocator peak (unknown), never
+        # a peak from before the cell
+        self._states = {}
+        for backend in backends.BACKENDS:
+            state = guard(f"{backend.name} reset_peak", backend.reset_peak, _FAILED)
+            if state is not _FAILED:
+                self._states[backend.name] = state
         self._host_peak_exact = guard("host peak", _host.reset_peak, False)
         self._t0 = time.perf_counter()
         self.sampler = Sampler(
@@ -112,13 +117,7 @@ class Measurement:
         )
 
     def _guard(self, what: str, read: Callable[[], Any], unknown: Any) -> Any:
-        """``read()``, or ``unknown`` when it raises: a failed reading is noted, never raised."""
-        try:
-            return read()
-        except Exception as error:
-            if len(self.faults) < 10:
-                self.faults.append(f"{what}: {error!r}")
-            return unknown
+        return guarded(self.faults, what, read, unknown)
 
     def _gpu_figures(self, index: int, after: dict, timeline: Timeline) -> Figures:
         figures = Figures(before=dict(self._before[index]), after=dict(after))
@@ -131,7 +130,7 @@ class Measurement:
 
     def _add_allocator_peaks(self, gpu: Dict[int, Figures], started: Sequence,
                              timeline: Timeline) -> None:
-        for backend in started:
+        for backend in (b for b in started if b.name in self._states):
             sampled = {i: series.max() or 0 for i in gpu
                        for series in [timeline.find(backend.name, i)] if series is not None}
             read = functools.partial(backend.read_peak, self._states[backend.name], sampled)
@@ -143,6 +142,7 @@ class Measurement:
 
 
 _current: Optional["weakref.ref[Measurement]"] = None
+_FAILED = object()
 
 
 def limited(devices: Sequence[Device], limit: Optional[Limit]) -> List[Device]:
@@ -165,7 +165,7 @@ def _unguarded(what: str, read: Callable[[], Any], unknown: Any) -> Any:
 
 def _snapshot(devices: Sequence[Device], guard: Callable = _unguarded,
               others: Optional[Dict] = None) -> Dict:
-    """Every source, now: ``{cuda_index: {source: bytes}, "host": bytes}``, each read through
+    """Every source, now: ``{CUDA ordinal: {source: bytes}, "host": bytes}``, each read through
     ``guard(what, read, unknown)``; fills ``others`` (if given) with the other processes on each
     GPU: ``(pid, name or None, bytes or None)``."""
     shot: Dict = {d.index: {} for d in devices}

@@ -25,6 +25,18 @@ from ..record import Device, Timeline
 
 THREAD_NAME = "kmem-sampler"
 MAX_POINTS = 20_000
+MAX_FAULTS = 10  # a fault that repeats every tick is worth one line, not thousands
+
+
+def guarded(faults: List[str], what: str, read: Callable[[], Any], unknown: Any = None) -> Any:
+    """``read()``, or ``unknown`` when it raises: the failure is noted in ``faults`` (at most
+    :data:`MAX_FAULTS` of them), never raised, so a failed reading never costs the cell."""
+    try:
+        return read()
+    except Exception as error:
+        if len(faults) < MAX_FAULTS:
+            faults.append(f"{what}: {error!r}")
+        return unknown
 
 
 class Sampler:
@@ -125,15 +137,10 @@ class Sampler:
         timeline.get("host").append(t, self._read("host RSS", _host.host_rss))
 
     def _read(self, what: str, read: Callable[[], Any], unknown: Any = None) -> Any:
-        """``read()``, or ``unknown`` when it raises (noted; never raised into the thread)."""
-        try:
-            return read()
-        except Exception as error:
-            self._note(f"{what}: {error!r}")
-            return unknown
+        return guarded(self.errors, what, read, unknown)
 
     def _note(self, text: str) -> None:
-        if len(self.errors) < 10:
+        if len(self.errors) < MAX_FAULTS:
             self.errors.append(text)
 
     def _thin(self) -> None:

@@ -27,7 +27,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import _host, _nvml, backends, measure
 
-try:  # the base class, when Keras is installed; importing kmem_magic.keras imports Keras
+try:  # the base class, when Keras is installed; importing this module imports Keras
     from keras.callbacks import Callback as _Base
 except ImportError:  # pragma: no cover - a clear error on use instead of on import
     _Base = object

@@ -3,7 +3,7 @@
 >>> found = kmem_magic.find_batch_size(model, x, y)                  # doctest: +SKIP
 >>> found.batch_size, found                                          # doctest: +SKIP
 
-How: the estimate (:mod:`kmem_magic.estimator`) says where to look; two probe steps well below
+How: the estimate (:mod:`kmem_magic.plan.estimator`) says where to look; two probe steps well below
 the budget measure the real cost (a fixed part and a per-sample slope, read from the
 allocator); the line through them predicts the largest batch, and one more step at that size
 confirms it. A probe that runs out of memory or over the budget is caught, its memory is

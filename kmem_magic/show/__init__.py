@@ -31,7 +31,10 @@ def report(record: CellRecord, panel: Optional[Panel] = None, quiet: bool = Fals
                 raw=True)
     except Exception as error:  # showing must never hide the cell's own result or error
         print(f"kmem_magic: could not show the memory report: {error!r}")
-        print(text.summary(record))
+        try:
+            print(text.summary(record))
+        except Exception:
+            pass  # the error above is all kmem can say
 
 
 __all__ = ["report"]

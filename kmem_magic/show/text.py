@@ -49,8 +49,8 @@ def summary(record: CellRecord) -> str:
     lines.append("host")
     lines += _figure_lines(record.host)
     if record.faults:
-        lines.append(f"kmem: {len(record.faults)} reading(s) failed while measuring, "
-                     f"the first: {record.faults[0]}")
+        lines.append(f"kmem: {len(record.faults)} fault(s) while measuring (those figures are "
+                     f"unknown), the first: {record.faults[0]}")
     if record.suggestions:
         lines.append("suggestions")
         lines += [line for s in record.suggestions for line in suggestion_lines(s)]
