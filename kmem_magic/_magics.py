@@ -282,7 +282,7 @@ class GpuMem(Magics):
             suggestions = self._compare(code, args) + suggestions
         record = dataclasses.replace(record, suggestions=tuple(suggestions))
         self.history.append(record)
-        del self.history[: -self.history_size or None]
+        del self.history[:-self.history_size]  # history_size is at least 1 (validated)
         if args.output:
             self.shell.user_ns[args.output] = record
         show.report(record, panel, quiet=args.quiet)

@@ -191,6 +191,18 @@ def test_a_real_syntax_error_stays_a_syntax_error(ip):
     assert isinstance(result.error_in_exec, SyntaxError)
 
 
+def test_history_keeps_at_most_history_size_records_the_newest(ip):
+    magics = ip.magics_manager.registry["GpuMem"]
+    before = magics.history_size
+    try:
+        run(ip, "%config GpuMem.history_size = 2")
+        for n in range(3):
+            run(ip, f"%%gpumem --quiet\nn = {n}")
+        assert [r.source.strip() for r in kmem_magic.history(ip)] == ["n = 1", "n = 2"]
+    finally:
+        magics.history_size = before
+
+
 def test_history_size_below_one_is_refused_and_the_old_value_kept(ip):
     before = ip.magics_manager.registry["GpuMem"].history_size
     run(ip, "%config GpuMem.history_size = 0")  # %config prints the TraitError
