@@ -15,7 +15,7 @@ import argparse
 import dataclasses
 import os
 import traceback
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
@@ -32,6 +32,7 @@ from .show.panel import Actions, Panel, widgets_available
 from .sizes import parse_limit
 
 COMMANDS = ("status", "history", "export")
+LIVE_PANELS = 20  # panels that keep their widget (and buttons); older ones become static
 CELL_ONLY = ("--interval", "--quiet", "--no-live", "--compare", "-o", "--output")
 
 
@@ -130,6 +131,7 @@ class GpuMem(Magics):
         super().__init__(shell=shell, **kwargs)
         self.configurator = Configurator()
         self.history: List[CellRecord] = []
+        self.panels: Dict[Any, Panel] = {}  # the live panels, oldest first, by cell
         self._loaded = False
 
     # --------------------------------------------------------------------- life cycle
@@ -275,7 +277,10 @@ class GpuMem(Magics):
         try:
             record = measurement.finish(error)
         except Exception as failure:  # a kmem bug must not replace the cell's own outcome
-            print(f"kmem_magic: the measurement failed ({failure!r}); the cell itself ran as usual")
+            why = f"the measurement failed ({failure!r}); the cell itself ran as usual"
+            if panel is not None:
+                panel.fail(why)
+            print(f"kmem_magic: {why}")
             return
         suggestions = self._suggest(record, value)
         if args.compare and error is None:
@@ -286,6 +291,24 @@ class GpuMem(Magics):
         if args.output:
             self.shell.user_ns[args.output] = record
         show.report(record, panel, quiet=args.quiet)
+        if panel is not None:
+            self._keep_live(panel)
+
+    def _keep_live(self, panel: Panel) -> None:
+        """Keep ``panel`` live and retire the others that should not be: the earlier panel of
+        the same cell (re-run: its output is gone), all but the newest :data:`LIVE_PANELS`, and
+        any whose record left the history (so records alive stay within ``history_size``)."""
+        header = getattr(self.shell, "parent_header", None) or {}
+        cell_id = (header.get("metadata") or {}).get("cellId") or id(panel)
+        earlier = self.panels.pop(cell_id, None)
+        if earlier is not None:
+            earlier.retire(replace=False)
+        self.panels[cell_id] = panel
+        kept = {id(record) for record in self.history}
+        for key, live in list(self.panels.items()):
+            if len(self.panels) > LIVE_PANELS or id(live.record) not in kept:
+                live.retire()
+                del self.panels[key]
 
     def _suggest(self, record: CellRecord, value: Any) -> List[Suggestion]:
         """The suggestions for ``record``; a failure here must never hide the cell's result."""

@@ -79,7 +79,7 @@ def test_bad_cell_options_are_one_line_usage_errors_before_the_cell_runs(ip, lin
     assert "ran" not in ip.user_ns
 
 
-def test_report_is_one_bundle_with_text_and_png(ip):
+def test_report_is_one_bundle_with_the_figures_as_text_and_html(ip):
     shown = []
     ip.display_pub.publish = lambda data, metadata=None, **kw: shown.append(data)
     try:
@@ -88,11 +88,11 @@ def test_report_is_one_bundle_with_text_and_png(ip):
         del ip.display_pub.publish
     assert len(shown) == 1
     bundle = shown[0]
-    assert set(bundle) == {"text/plain", "image/png"}
-    import base64
-
-    assert base64.b64decode(bundle["image/png"]).startswith(b"\x89PNG")
+    assert set(bundle) == {"text/plain", "text/html"}
     assert "host RSS" in bundle["text/plain"]
+    page = bundle["text/html"]
+    assert "<svg" in page and "<polyline" in page, "the curves, as a picture"
+    assert "peak" in page and "left behind" in page, "the figures, as text"
 
 
 def test_host_peak_is_exact_even_for_a_spike_between_samples(ip, capsys):

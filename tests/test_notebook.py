@@ -6,6 +6,7 @@ import pytest
 nbformat = pytest.importorskip("nbformat")
 NotebookClient = pytest.importorskip("nbclient").NotebookClient
 CellExecutionError = pytest.importorskip("nbclient.exceptions").CellExecutionError
+HTMLExporter = pytest.importorskip("nbconvert").HTMLExporter
 
 pytestmark = pytest.mark.notebook
 
@@ -50,7 +51,7 @@ def test_prints_and_last_expression_match_the_bare_cell():
     assert outputs_of(magic, "execute_result")[0].data == outputs_of(bare, "execute_result")[0].data
     assert outputs_of(magic, "execute_result")[0].data["text/plain"] == "42"
     report = outputs_of(magic, "display_data")
-    assert len(report) == 1 and {"image/png", "text/plain"} <= set(report[0].data)
+    assert len(report) == 1 and {"text/html", "text/plain"} <= set(report[0].data)
     assert "host RSS" in report[0].data["text/plain"]
 
 
@@ -58,37 +59,42 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 
 
-def test_executed_notebook_holds_widget_state_png_and_text(tmp_path):
+def panels(state):
+    return {k: m["state"] for k, m in state.items() if m["model_name"] == "AnyModel"}
+
+
+def test_executed_notebook_holds_one_widget_and_static_fallbacks(tmp_path):
     nb, error = execute("%load_ext kmem_magic",
                         "%%gpumem\nimport time\nblock = bytearray(100 * 2**20)\ntime.sleep(1.2)")
     assert error is None
     report = outputs_of(nb.cells[1], "display_data")
     assert len(report) == 1, "one bundle, updated in place"
     data = report[0].data
-    assert {WIDGET_VIEW, "image/png", "text/plain"} <= set(data)
+    assert {WIDGET_VIEW, "text/html", "text/plain"} <= set(data)
     assert "host RSS" in data["text/plain"]
     state = nb.metadata.widgets[WIDGET_STATE]["state"]
     assert data[WIDGET_VIEW]["model_id"] in state, "the panel's state is saved with the notebook"
-    models = {m["model_name"] for m in state.values()}
-    assert {"VBoxModel", "ImageModel", "HTMLModel", "ButtonModel"} <= models
-    image = next(m for m in state.values() if m["model_name"] == "ImageModel")
-    assert image["buffers"][0]["data"] == data["image/png"], "final view shows the same PNG"
-    texts = " ".join(m["state"].get("value", "") for m in state.values()
-                     if m["model_name"] == "HTMLModel")
-    assert "peak" in texts and "left behind" in texts
+    assert len(state) <= 3, f"one panel, {len(state)} widget models"
+    panel = panels(state)[data[WIDGET_VIEW]["model_id"]]
+    assert "peak" in panel["facts_html"] and "left behind" in panel["facts_html"]
+    assert "host" in panel["final"]["series"], "the final curves travel as data"
 
-    path = tmp_path / "executed.ipynb"
-    nbformat.write(nb, path)
-    from nbconvert import HTMLExporter
-
-    with_state, _ = HTMLExporter().from_notebook_node(nb)
-    # (the state's JSON escapes "/" in the HTML, so compare a stretch without one)
-    stretch = data["image/png"][:200].split("/")[0]
-    assert len(stretch) > 40 and stretch in with_state, "the PNG travels in the widget state"
     del nb.metadata["widgets"]
-    without_state, _ = HTMLExporter().from_notebook_node(nb)
-    assert f"data:image/png;base64,{data['image/png'][:200]}" in without_state, \
-        "without widget state, static renderers fall back to the PNG"
+    page, _ = HTMLExporter().from_notebook_node(nb)
+    assert "kmem-static" in page and "<svg" in page, "without widget state: the fallback"
+    assert "peak" in page and "left behind" in page, "with the figures as text"
+
+
+def test_only_the_newest_twenty_panels_stay_live_and_older_ones_turn_static():
+    cells = ["%load_ext kmem_magic"] + [f"%%gpumem\nx = {i}" for i in range(25)]
+    nb, error = execute(*cells)
+    assert error is None
+    views = [outputs_of(cell, "display_data")[-1].data for cell in nb.cells[1:]]
+    assert all(WIDGET_VIEW not in v and "kmem-static" in v["text/html"] for v in views[:5])
+    assert all(WIDGET_VIEW in v for v in views[5:])
+    # nbclient keeps the state of closed widgets too; the kernel's own count is what matters
+    nb2, _ = execute(*cells, "import ipywidgets as w\nprint(len(w.Widget.widgets))")
+    assert int(outputs_of(nb2.cells[-1], "stream")[0].text) == 2 * 20, "two models a panel"
 
 
 def test_quiet_prints_one_line_and_no_live_shows_only_the_final_view():
@@ -99,8 +105,5 @@ def test_quiet_prints_one_line_and_no_live_shows_only_the_final_view():
     assert not outputs_of(quiet, "display_data")
     assert outputs_of(quiet, "stream")[0].text.startswith("%%gpumem cell-2: peak")
     final = outputs_of(nb.cells[2], "display_data")
-    assert len(final) == 1 and "image/png" in final[0].data
-    state = nb.metadata.widgets[WIDGET_STATE]["state"]
-    curves = [m for m in state.values()
-              if m["model_name"] == "HTMLModel" and "<svg" in m["state"].get("value", "")]
-    assert not curves, "--no-live never drew live curves"
+    assert len(final) == 1 and "text/html" in final[0].data
+    assert final[0].data[WIDGET_VIEW], "shown once, at the end, with its widget"

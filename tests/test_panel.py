@@ -1,4 +1,5 @@
-"""The panel's widgets, driven as the magic drives them (ipywidgets with its default dummy comm)."""
+"""The panel, driven as the magic drives it (the widget's comm is ipywidgets' dummy one outside a
+kernel; what it would send to the browser is caught at ``widget.send``)."""
 
 import dataclasses
 import os
@@ -6,73 +7,125 @@ import time
 
 import pytest
 
-pytest.importorskip("ipywidgets")
+pytest.importorskip("anywidget")
 
 from kmem_magic import _nvml  # noqa: E402
 from kmem_magic.measure import Measurement  # noqa: E402
 from kmem_magic.measure.cell import limited  # noqa: E402
 from kmem_magic.record import Suggestion  # noqa: E402
-from kmem_magic.show.panel import Actions, Panel  # noqa: E402
+from kmem_magic.show.panel import WIDGET_VIEW, Actions, Panel  # noqa: E402
 from kmem_magic.sizes import parse_limit  # noqa: E402
 from conftest import gpu  # noqa: E402
 
 
-def measured(fake_nvml, seconds=0.3):
+def measured(fake_nvml, seconds=0.3, refresh_s=0.05):
     fake_nvml([gpu(0, used=2 * 2**30, procs=[(os.getpid(), 2**30)])])
     devices = _nvml.devices()
-    panel = Panel("%%gpumem cell-1", limited(devices, parse_limit("4GiB")), refresh_s=0.05,
+    panel = Panel("%%gpumem cell-1", limited(devices, parse_limit("4GiB")), refresh_s=refresh_s,
                   actions=Actions(dict))
+    sent = []
+    panel.widget.send = sent.append  # the comm to the browser: what it would receive
     m = Measurement(interval_s=0.02, on_sample=panel.on_sample).start()
     block = bytearray(50 * 2**20)
     time.sleep(seconds)
     del block
-    return panel, m.finish()
+    return panel, m.finish(), sent
 
 
-def test_live_view_draws_curves_and_running_figures_from_the_sampler(fake_nvml):
-    panel, _ = measured(fake_nvml)
-    assert "<polyline" in panel.curves.value and "GPU 0" in panel.curves.value
-    assert "limit 4.00 GiB" in panel.curves.value
-    assert "running" in panel.stats.value and "device used (NVML)" in panel.stats.value
+def test_live_messages_carry_each_new_point_once_and_each_source_once(fake_nvml):
+    panel, record, sent = measured(fake_nvml)
+    assert len(sent) >= 3
+    assert set(sent[0]["sources"]) >= {"gpu0.device", "host"}
+    assert sent[0]["sources"]["gpu0.device"]["row"] == "GPU 0"
+    assert all(not message["sources"] for message in sent[1:]), "names and colours sent once"
+    times = [t for message in sent for t in message["points"].get("host", [[]])[0]]
+    assert times == sorted(set(times)), "no point is sent twice"
+    host = record.timeline.find("host")
+    assert len(times) >= len(host.t_s) - 10, "every point up to the last message was sent"
+    kib = sent[-1]["points"]["host"][1][-1]
+    assert abs(kib * 1024 - host.values[len(times) - 1]) < 1024, "values travel in KiB"
 
 
-def test_redraws_are_throttled_to_the_refresh_interval(fake_nvml):
-    fake_nvml([gpu(0)])
-    panel = Panel("t", _nvml.devices(), refresh_s=10)
-    m = Measurement(interval_s=0.01).start()
-    time.sleep(0.05)
-    record = m.finish()
-    panel.on_sample(record.timeline)
-    first = panel.curves.value
-    panel.on_sample(record.timeline)
-    panel.curves.value = "untouched"
-    panel.on_sample(record.timeline)
-    assert first and panel.curves.value == "untouched"
+def test_live_messages_are_throttled_to_the_refresh_interval(fake_nvml):
+    _, _, sent = measured(fake_nvml, seconds=0.3, refresh_s=10)
+    assert len(sent) <= 1
 
 
-def test_final_view_shows_the_plot_peak_and_what_was_left(fake_nvml):
-    panel, record = measured(fake_nvml)
-    panel.finish(record, b"\x89PNG fake")
-    assert panel.image.value == b"\x89PNG fake" and panel.image.layout.display is None
-    assert panel.curves.layout.display == "none"
-    assert "peak" in panel.stats.value and "left behind" in panel.stats.value
-    assert "host RSS" in panel.stats.value and "exact" in panel.stats.value
-    assert panel.suggestions.layout.display == "none", "no suggestion: the slot stays hidden"
-    assert not panel.save_button.disabled
+def test_final_view_carries_the_downsampled_curves_peaks_and_figures(fake_nvml):
+    from kmem_magic.show.points import BUDGET
+
+    panel, record, _ = measured(fake_nvml)
+    panel.finish(record)
+    final = panel.widget.final
+    assert set(final["series"]) >= {"gpu0.device", "gpu0.process", "host"}
+    assert all(len(t) <= BUDGET for t, _ in final["series"].values())
+    assert [p["key"] for p in final["peaks"]] == ["host"], "exact peaks only are marked"
+    facts = panel.widget.facts_html
+    assert "peak" in facts and "left behind" in facts and "exact" in facts
+    assert "limit 4.00 GiB" in panel.widget.header_html
+    assert "save" in panel.widget.actions
 
 
-def test_suggestion_slot_appears_when_filled(fake_nvml):
-    panel, record = measured(fake_nvml, 0.05)
+def test_long_cells_stay_within_the_point_budget_and_keep_their_spike(fake_nvml):
+    from kmem_magic.show.points import BUDGET, downsample
+
+    t = [i * 0.1 for i in range(50_000)]
+    v = [2**30] * 50_000
+    v[31_337] = 5 * 2**30
+    small_t, small_v = downsample(t, v)
+    assert len(small_t) <= BUDGET and max(small_v) == 5 * 2**30
+    assert small_t == sorted(small_t)
+
+
+def test_suggestions_are_shown_escaped(fake_nvml):
+    panel, record, _ = measured(fake_nvml, 0.05)
     advice = Suggestion("left-behind", "The cell left <1 GiB> behind", "why",
                         "keras.utils.clear_session()")
-    panel.finish(dataclasses.replace(record, suggestions=(advice,)), b"png")
-    assert panel.suggestions.layout.display is None
-    assert "clear_session" in panel.suggestions.value
-    assert "&lt;1 GiB&gt;" in panel.suggestions.value, "the suggestion's text is escaped"
+    panel.finish(dataclasses.replace(record, suggestions=(advice,)))
+    assert "clear_session" in panel.widget.facts_html
+    assert "&lt;1 GiB&gt;" in panel.widget.facts_html, "the suggestion's text is escaped"
+    assert "&lt;1 GiB&gt;" in panel.static["text/html"], "and in the static fallback"
+
+
+def test_the_static_fallback_has_the_curves_figures_and_suggestions(fake_nvml):
+    panel, record, _ = measured(fake_nvml, 0.05)
+    panel.finish(record)
+    page = panel.static["text/html"]
+    assert "<svg" in page and "<polyline" in page
+    assert "peak" in page and "left behind" in page and "GPU 0" in page
+    assert "host RSS" in panel.static["text/plain"]
+
+
+def test_a_retired_panel_becomes_its_static_fallback_and_closes_its_widget(fake_nvml):
+    panel, record, _ = measured(fake_nvml, 0.05)
+    shown = []
+
+    class Handle:
+        def update(self, bundle, raw=False):
+            shown.append(bundle)
+
+    panel._handle = Handle()
+    panel.finish(record)
+    assert WIDGET_VIEW in shown[-1] and "text/html" in shown[-1]
+    panel.retire()
+    assert WIDGET_VIEW not in shown[-1] and "<svg" in shown[-1]["text/html"]
+    assert panel.widget.comm is None, "the widget is closed: no model left in the frontend"
+    assert panel.widget.layout.comm is None, "and so is its layout's"
+    assert panel.record is None, "the record is no longer kept alive by the panel"
+
+
+def test_buttons_answer_through_the_status_line(fake_nvml, tmp_path):
+    panel, record, _ = measured(fake_nvml, 0.05)
+    panel.actions = Actions(dict, folder=str(tmp_path))
+    panel.finish(record)
+    panel._on_msg(panel.widget, {"action": "save"}, [])
+    assert panel.widget.status.startswith(f"Saved kmem-{record.name}.png")
+    panel._on_msg(panel.widget, {"action": "unknown"}, [])
+    assert panel.widget.status.startswith("Saved"), "an unknown action changes nothing"
 
 
 def test_save_writes_png_and_csv_and_never_overwrites(fake_nvml, tmp_path):
-    _, record = measured(fake_nvml, 0.05)
+    _, record, _ = measured(fake_nvml, 0.05)
     actions = Actions(dict, folder=str(tmp_path))
     first = actions.save(record)
     second = actions.save(record)
@@ -84,7 +137,7 @@ def test_save_writes_png_and_csv_and_never_overwrites(fake_nvml, tmp_path):
 
 
 def test_a_save_that_fails_says_so_in_the_panel(fake_nvml, tmp_path):
-    _, record = measured(fake_nvml, 0.05)
+    _, record, _ = measured(fake_nvml, 0.05)
     status = Actions(dict, folder=str(tmp_path / "gone")).save(record)
     assert status.startswith("Could not save in") and "No such file" in status
 
@@ -139,12 +192,14 @@ def test_colab_gets_its_widget_manager_before_the_first_display(fake_nvml, monke
     assert shown == [["enabled"]], "enabled first, then displayed"
 
 
-def test_one_small_plot_per_gpu_when_there_are_several(fake_nvml):
+def test_one_row_per_gpu_when_there_are_several(fake_nvml):
     from kmem_magic.show.plot import svg
 
     fake_nvml([gpu(0), gpu(1, name="NVIDIA A100-SXM4-40GB", total=40 * 2**30)])
     m = Measurement(interval_s=0.01).start()
     record = m.finish()
-    picture = svg(record.timeline, _nvml.devices(), record.wall_s)
+    picture = svg(record)
     assert "GPU 0 (of 80.00 GiB)" in picture and "GPU 1 (of 40.00 GiB)" in picture
     assert "host RSS" in picture
+    panel = Panel("t", _nvml.devices())
+    assert [row["name"] for row in panel.widget.meta["rows"]] == ["GPU 0", "GPU 1", "host"]

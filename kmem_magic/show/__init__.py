@@ -5,30 +5,28 @@ changes nothing; a new output is one module here.
 
 from __future__ import annotations
 
-import base64
 from typing import Optional
 
 from ..record import CellRecord
-from . import text
+from . import html, text
 from .panel import Panel
-from .plot import png
 
 
 def report(record: CellRecord, panel: Optional[Panel] = None, quiet: bool = False) -> None:
     """Show ``record`` the way the cell asked: one line (``quiet``), the final view of its
-    live ``panel``, or one bundle of text and PNG. A failure here never reaches the cell."""
+    ``panel``, or one bundle of text and HTML (figures, suggestions and an SVG of the curves).
+    A failure here never reaches the cell."""
     try:
         if quiet:
             print(text.quiet_line(record))
             return
-        image, summary = png(record), text.summary(record)
+        summary = text.summary(record)
         if panel is not None:
-            panel.finish(record, image, summary)
+            panel.finish(record, summary)
             return
         from IPython.display import display
 
-        display({"text/plain": summary, "image/png": base64.b64encode(image).decode("ascii")},
-                raw=True)
+        display({"text/plain": summary, "text/html": html.static(record)}, raw=True)
     except Exception as error:  # showing must never hide the cell's own result or error
         print(f"kmem_magic: could not show the memory report: {error!r}")
         try:

@@ -8,19 +8,19 @@ True
 from __future__ import annotations
 
 import html
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from ..backends import color, label
-from ..record import HOST, CellRecord, Device, Suggestion, Timeline
+from ..record import HOST, CellRecord, Device, Suggestion
 from ..sizes import format_bytes
-from .text import saving
+from .text import saving, title
 
 
-def header(title: str, devices: Sequence[Device], limits: Sequence[Optional[int]] = ()) -> str:
+def header(title: str, devices: Sequence[Device]) -> str:
     """The panel's first line: ``title`` (HTML) and each GPU with its total and limit."""
     parts = [f"<b>{title}</b>"]
-    for device, limit in zip(devices, list(limits) + [None] * len(devices)):
-        extra = f", limit {format_bytes(limit)}" if limit else ""
+    for device in devices:
+        extra = f", limit {format_bytes(device.limit_bytes)}" if device.limit_bytes else ""
         parts.append(f"GPU {device.index}: {html.escape(device.name)} "
                      f"({format_bytes(device.total_bytes)}{extra})")
     if not devices:
@@ -28,25 +28,18 @@ def header(title: str, devices: Sequence[Device], limits: Sequence[Optional[int]
     return "<div class='kmem-header'>" + " · ".join(parts) + "</div>"
 
 
+def static(record: CellRecord) -> str:
+    """The whole final view as one HTML page fragment, for frontends without the widget
+    (nbconvert, GitHub, a saved notebook): title, curves (SVG), figures and suggestions."""
+    from .plot import svg
+
+    return (f"<div class='kmem-static'>{header(html.escape(title(record)), record.devices)}"
+            f"{svg(record)}{final_stats(record)}{suggestions(record.suggestions)}</div>")
+
+
 def swatch(source: str) -> str:
     """A coloured square and the source's name."""
     return f"<span style='color:{color(source)}'>■</span> {label(source)}"
-
-
-def live_stats(timeline: Timeline, devices: Sequence[Device], elapsed_s: float) -> str:
-    """One line per GPU and one for the host: the latest value and the highest so far."""
-    rows = []
-    keys = [(d.index, f"GPU {d.index}") for d in devices] + [(None, HOST)]
-    for device, name in keys:
-        cells = []
-        for series in timeline.series.values():
-            if series.device != device or not series.values:
-                continue
-            cells.append(f"{swatch(series.source)} {format_bytes(series.values[-1])} "
-                         f"(max {format_bytes(series.max())})")
-        rows.append(f"<b>{name}</b> " + " · ".join(cells))
-    return (f"<div class='kmem-live'>running {elapsed_s:.1f} s<br>" + "<br>".join(rows)
-            + "</div>")
 
 
 def final_stats(record: CellRecord) -> str:

@@ -1,34 +1,38 @@
-"""The ``%%gpumem`` panel: live memory curves while the cell runs, then the final view.
+"""The ``%%gpumem`` panel: one widget, drawn in the browser, live while the cell runs.
 
-One display bundle, updated in place through a display id:
+The kernel sends data, never markup for the curves: the rows and sources when the panel is
+made, new points as small custom messages while the cell runs (at most every ``refresh_s``,
+only the points since the last message), and the whole timeline, downsampled, once the cell
+has ended. ``panel.js`` draws it (anywidget: JupyterLab, Notebook 7, VS Code, Colab) in the
+frontend's theme, with hover values, curves that can be hidden, and the two buttons.
 
-* ``application/vnd.jupyter.widget-view+json``: the ipywidgets panel (JupyterLab, Notebook 7,
-  VS Code, Colab);
-* ``image/png``: the final plot, for nbconvert, GitHub and nbviewer;
-* ``text/plain``: the summary, for the terminal.
-
-While the cell runs, the sampler thread calls :meth:`Panel.on_sample`, which only sets widget
-traits (batched with ``hold_sync``, at most every ``refresh_s``), never displays: the live curve
-is a small hand-made SVG, cheap enough to redraw twice a second without slowing the cell. The
-final view, set from the main thread before the magic returns, shows the matplotlib plot (the
-same PNG as the static fallback), the facts, a slot for suggestions, and two buttons.
+One display bundle, updated in place through a display id, carries the panel and its static
+fallbacks: ``text/html`` (the figures, the suggestions and an SVG of the curves, for nbconvert,
+GitHub and any saved notebook) and ``text/plain`` (the summary, for a terminal). A panel that
+is :meth:`retired <Panel.retire>` is replaced by those fallbacks and its widget closed, so the
+kernel and the saved notebook keep no widget for it.
 """
 
 from __future__ import annotations
 
-import base64
 from html import escape
+import itertools
 import os
 import sys
+import threading
 import time
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
-from ..record import CellRecord, Device, Timeline
+from ..backends import color, label
+from ..record import HOST, CellRecord, Device, Timeline
 from ..sizes import format_bytes
 from . import export, html, text
-from .plot import png, svg
+from .points import downsample, packed
 
 WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+_HERE = os.path.dirname(__file__)
+_uids = itertools.count(1)
+_widget_class = None
 
 
 def widgets_available(shell) -> bool:
@@ -36,120 +40,198 @@ def widgets_available(shell) -> bool:
     if shell is None or getattr(shell, "kernel", None) is None:
         return False
     try:
-        import ipywidgets  # noqa: F401
+        import anywidget  # noqa: F401
     except ImportError:
         return False
     return True
 
 
-def _enable_colab_widgets() -> None:
-    """Colab shows ipywidgets 8 only through its custom widget manager, enabled before display."""
-    if "google.colab.output" in sys.modules or "google.colab" in sys.modules:
-        try:
-            from google.colab import output
+def _widget():
+    """The widget class, made on first use (anywidget is imported only when a panel is shown)."""
+    global _widget_class
+    if _widget_class is None:
+        import anywidget
+        from traitlets import Bool, Dict, List, Unicode
 
-            output.enable_custom_widget_manager()
-        except Exception:
-            pass
+        with open(os.path.join(_HERE, "panel.js")) as js, \
+                open(os.path.join(_HERE, "panel.css")) as css:
+            esm, style = js.read(), css.read()
+
+        class PanelWidget(anywidget.AnyWidget):
+            _esm = esm
+            _css = style
+            uid = Unicode().tag(sync=True)
+            meta = Dict().tag(sync=True)
+            header_html = Unicode().tag(sync=True)
+            facts_html = Unicode().tag(sync=True)
+            final = Dict().tag(sync=True)
+            actions = List().tag(sync=True)
+            status = Unicode().tag(sync=True)
+            retired = Bool(False).tag(sync=True)
+
+        _widget_class = PanelWidget
+    return _widget_class
+
+
+def _row(device: Optional[int]) -> str:
+    return HOST if device is None else f"GPU {device}"
+
+
+def _source(series) -> dict:
+    name = label(series.source)
+    if series.source == "process":
+        name += ", every 5 s"
+    return {"label": name, "color": color(series.source), "row": _row(series.device),
+            "dashed": series.source == "process"}
 
 
 class Panel:
-    """The widget panel of one cell. Create and :meth:`show` it in the main thread."""
+    """The panel of one cell. Create, :meth:`show` and :meth:`finish` it in the main thread;
+    :meth:`on_sample` is the sampler thread's."""
 
     def __init__(self, title: str, devices: Sequence[Device], refresh_s: float = 0.5,
                  live: bool = True, actions: Optional["Actions"] = None) -> None:
-        import ipywidgets as w
-
         self.devices = list(devices)
-        self.limits = [d.limit_bytes for d in self.devices]
         self.refresh_s = refresh_s
         self.live = live
         self.actions = actions
-        self._last = 0.0
-        self._started = time.perf_counter()
-        self.header = w.HTML(value=html.header(title, self.devices, self.limits))
-        self.curves = w.HTML(value="")
-        self.image = w.Image(format="png", layout=w.Layout(display="none", max_width="100%"))
-        self.stats = w.HTML(value="<i>measuring…</i>")
-        self.suggestions = w.HTML(value="", layout=w.Layout(display="none"))
-        self.clear_button = w.Button(description="Clear Keras session", icon="broom",
-                                     tooltip="keras.utils.clear_session() and gc.collect(), "
-                                     "then show what was freed", disabled=True,
-                                     layout=w.Layout(width="auto"))
-        self.save_button = w.Button(description="Save", icon="save", disabled=True,
-                                    tooltip="PNG and CSV of this cell, next to the notebook",
-                                    layout=w.Layout(width="auto"))
-        self.status = w.HTML(value="")
-        self.buttons = w.HBox([self.clear_button, self.save_button, self.status])
-        self.widget = w.VBox([self.header, self.curves, self.image, self.stats,
-                              self.suggestions, self.buttons])
-        self.widget.add_class("kmem-panel")
-        self.clear_button.on_click(self._clear)
-        self.save_button.on_click(self._save)
         self.record: Optional[CellRecord] = None
+        self.static: Optional[dict] = None
+        self.retired = False
+        self._last = 0.0
+        self._sent: Dict[str, int] = {}
+        self._lock = threading.Lock()  # a live message and the final view never interleave
         self._handle = None
+        rows = [{"name": _row(d.index), "title": f"GPU {d.index} · {d.name}",
+                 "total": d.total_bytes, "limit": d.limit_bytes} for d in self.devices]
+        rows.append({"name": HOST, "title": "host RSS", "total": None, "limit": None})
+        self.widget = _widget()(
+            uid=f"kmem-{os.getpid()}-{next(_uids)}", meta={"rows": rows},
+            header_html=html.header(escape(title), self.devices), facts_html="")
+        self.widget.on_msg(self._on_msg)
 
     # ------------------------------------------------------------------ main thread
     def show(self, placeholder: str = "%%gpumem: measuring…") -> None:
-        """Display the panel (main thread), with ``placeholder`` for frontends without
-        widgets."""
+        """Display the panel, with ``placeholder`` for frontends without widgets."""
         from IPython.display import display
 
-        _enable_colab_widgets()
-        self._handle = display(self._bundle(placeholder), raw=True, display_id=True)
+        # (in Colab, anywidget has enabled the custom widget manager when the widget was made)
+        self._handle = display(self._bundle({"text/plain": placeholder}), raw=True,
+                               display_id=True)
 
-    def finish(self, record: CellRecord, image: bytes, summary: Optional[str] = None) -> None:
-        """Switch to the final view of ``record`` (its plot ``image``, its figures and
-        suggestions) and update the displayed bundle in place (main thread)."""
+    def finish(self, record: CellRecord, summary: Optional[str] = None, status: str = "") -> None:
+        """Switch to the final view of ``record`` and update the displayed bundle in place."""
         self.record = record
-        with self.widget.hold_sync():
-            self.header.value = html.header(escape(text.title(record)), self.devices,
-                                            self.limits)
-            self.curves.layout.display = "none"
-            self.image.value = image
-            self.image.layout.display = None
-            self.stats.value = html.final_stats(record)
-            self.suggestions.value = html.suggestions(record.suggestions)
-            self.suggestions.layout.display = None if record.suggestions else "none"
-            self.clear_button.disabled = "keras" not in sys.modules
-            self.save_button.disabled = False
-        bundle = self._bundle(summary or text.summary(record))
-        bundle["image/png"] = base64.b64encode(image).decode("ascii")
+        self.static = {"text/html": html.static(record),
+                       "text/plain": summary or text.summary(record)}
+        final = {"elapsed": record.wall_s, "series": {}, "sources": {}, "peaks": [],
+                 "marks": [[t, str(m)] for t, m in record.timeline.marks[:200]]}
+        for key, series in record.timeline.series.items():
+            t, v = downsample(series.t_s, series.values)
+            if t:
+                final["series"][key] = [[round(x, 4) for x in t], v]
+                final["sources"][key] = _source(series)
+        for device, figures in [(d.index, record.figures(d.index)) for d in record.devices] + \
+                [(None, record.host)]:
+            for source, peak in figures.peak.items():
+                series = record.timeline.find(source, device)
+                if peak.exact and peak.bytes is not None and series is not None and \
+                        series.key in final["series"]:
+                    when = series.argmax_t()
+                    final["peaks"].append({"key": series.key, "v": peak.bytes,
+                                           "t": record.wall_s if when is None else when})
+        with self._lock, self.widget.hold_sync():
+            self.widget.header_html = html.header(escape(text.title(record)), self.devices)
+            self.widget.facts_html = html.final_stats(record) + html.suggestions(
+                record.suggestions)
+            self.widget.final = final
+            self.widget.status = status
+            self.widget.actions = ["save"] + (["clear"] if "keras" in sys.modules else [])
+        self._show(self._bundle(self.static))
+
+    def fail(self, why: str) -> None:
+        """End the panel without a record (kmem itself failed): it says ``why``."""
+        self.static = {"text/plain": f"%%gpumem: {why}", "text/html": f"<i>{escape(why)}</i>"}
+        with self._lock, self.widget.hold_sync():
+            self.widget.final = {"elapsed": 0, "series": {}, "sources": {}}
+            self.widget.facts_html = f"<i>{escape(why)}</i>"
+        self._show(self._bundle(self.static))
+
+    def retire(self, replace: bool = True) -> None:
+        """Close the widget and forget the record; with ``replace``, the output becomes the
+        static fallbacks first (its figures, suggestions and curves stay visible)."""
+        if self.retired:
+            return
+        self.retired = True
+        if replace and self._handle is not None and self.static is not None:
+            self._handle.update(self.static, raw=True)
+        with self._lock:
+            layout = self.widget.layout  # a model of its own, which close() leaves open
+            self.widget.close()
+            layout.close()
+        self.record = None
+
+    def _show(self, bundle: dict) -> None:
         if self._handle is None:
             from IPython.display import display
 
-            _enable_colab_widgets()
             self._handle = display(bundle, raw=True, display_id=True)
         else:
             self._handle.update(bundle, raw=True)
 
-    def _bundle(self, plain: str) -> dict:
-        view = self.widget._repr_mimebundle_()[WIDGET_VIEW]
-        return {WIDGET_VIEW: view, "text/plain": plain}
+    def _bundle(self, fallbacks: dict) -> dict:
+        view = {"version_major": 2, "version_minor": 0, "model_id": self.widget.model_id}
+        return {WIDGET_VIEW: view, **fallbacks}
 
     # ------------------------------------------------------------------ sampler thread
     def on_sample(self, timeline: Timeline) -> None:
-        """Redraw the live curves, at most every ``refresh_s`` (called from the sampler)."""
+        """Send the points since the last message, at most every ``refresh_s`` (called by the
+        sampler after each tick)."""
         now = time.perf_counter()
         if not self.live or now - self._last < self.refresh_s:
             return
         self._last = now
-        self.paint(timeline, now - self._started)
+        self.send_points(timeline, timeline_elapsed(timeline))
 
-    def paint(self, timeline: Timeline, elapsed_s: float) -> None:
-        """Set the live curves and the live stats from ``timeline`` (traits only)."""
-        with self.widget.hold_sync():
-            self.curves.value = svg(timeline, self.devices, elapsed_s)
-            self.stats.value = html.live_stats(timeline, self.devices, elapsed_s)
+    def send_points(self, timeline: Timeline, elapsed_s: float) -> dict:
+        """One live message: for each curve its new points and, the first time, its name and
+        colour. Returns the message (tests read it)."""
+        points, sources, replace = {}, {}, False
+        for key, series in list(timeline.series.items()):
+            count = len(series.t_s)
+            sent = self._sent.get(key)
+            if sent is None:
+                sources[key] = _source(series)
+                sent = 0
+            if count < sent:  # the sampler thinned its series: send them anew
+                replace, sent = True, 0
+            if count > sent:
+                points[key] = packed(series.t_s[sent:count], series.values[sent:count])
+            self._sent[key] = count
+        message = {"points": points, "sources": sources, "elapsed_ms": round(elapsed_s * 1000)}
+        if replace:
+            self._sent.clear()
+            return self.send_points(timeline, elapsed_s) | {"replace": True}
+        with self._lock:
+            if self.widget.final or self.retired:
+                return message
+            self.widget.send(message)
+        return message
 
     # ------------------------------------------------------------------ buttons
-    def _clear(self, _button=None) -> None:
-        if self.actions is not None:
-            self.status.value = self.actions.clear_session()
+    def _on_msg(self, _widget, content, _buffers) -> None:
+        action = content.get("action") if isinstance(content, dict) else None
+        if self.actions is None or action not in ("clear", "save"):
+            return
+        if action == "clear":
+            self.widget.status = self.actions.clear_session()
+        elif self.record is not None:
+            self.widget.status = self.actions.save(self.record)
 
-    def _save(self, _button=None) -> None:
-        if self.actions is not None and self.record is not None:
-            self.status.value = self.actions.save(self.record)
+
+def timeline_elapsed(timeline: Timeline) -> float:
+    """The time of the newest sample in ``timeline``, in seconds."""
+    return max((s.t_s[-1] for s in list(timeline.series.values()) if s.t_s), default=0.0)
 
 
 class Actions:
@@ -183,10 +265,11 @@ class Actions:
 
     def save(self, record: CellRecord) -> str:
         """Write the plot (PNG) and the timeline (CSV) next to the notebook, never overwriting."""
+        from .plot import png
+
         folder = self.folder or os.getcwd()
         try:
-            stem = export.save(record, png(record), folder)
+            stem = export.save(record, png(record, dpi=180), folder)
         except OSError as error:  # said in the panel: a button's exception would be silent
-            return f"Could not save in {escape(folder)}: {escape(error.strerror or str(error))}"
-        return f"Saved {escape(os.path.basename(stem))}.png and .csv in " \
-            f"{escape(folder)}"
+            return f"Could not save in {folder}: {error.strerror or error}"
+        return f"Saved {os.path.basename(stem)}.png and .csv in {folder}"

@@ -12,6 +12,7 @@ from typing import Optional
 from ..backends import color, label
 from ..record import HOST, CellRecord, Figures
 from ..sizes import GiB, MiB, format_bytes
+from .points import downsample
 from .text import title
 
 LIMIT_COLOR = "#bcbd22"
@@ -115,66 +116,66 @@ def _mark_peaks(ax, record: CellRecord, figures: Figures, device: Optional[int],
                     ha="right" if right_half else "left", color=color(source))
 
 
-def png(record: CellRecord, width_in: float = 8.0) -> bytes:
-    """The plot as PNG bytes."""
+def png(record: CellRecord, width_in: float = 8.0, dpi: int = 90) -> bytes:
+    """The plot as PNG bytes (``dpi`` 180 for a crisp image on a high-density screen)."""
     buffer = io.BytesIO()
-    figure(record, width_in).savefig(buffer, format="png")
+    figure(record, width_in).savefig(buffer, format="png", dpi=dpi)
     return buffer.getvalue()
 
 
-# --------------------------------------------------------------------------- live SVG
-def _points(series, t_max: float, x0: float, width: float, y0: float, height: float,
-            top: float, budget: int = 300) -> str:
-    """``x,y`` pairs for an SVG polyline, at most ``budget`` of them (the larger of each
-    bucket, so that peaks survive)."""
-    known = [(t, v) for t, v in zip(series.t_s, series.values) if v is not None]
-    if len(known) > budget:
-        step = len(known) / budget
-        known = [max(known[int(i * step):int((i + 1) * step)] or known[-1:], key=lambda p: p[1])
-                 for i in range(budget)]
-    return " ".join(
-        f"{x0 + width * t / t_max:.1f},{y0 + height * (1 - min(v / top, 1.05)):.1f}"
-        for t, v in known
-    )
+# --------------------------------------------------------------------------- static SVG
+def _fit(values, lines):
+    """The y range of a row: the data with a margin, and a limit or total line when it is near
+    the data (else the curve would be a flat line under it)."""
+    lo, hi = (min(values), max(values)) if values else (0, 1)
+    for value in lines:
+        if value and lo <= value <= hi * 1.5:
+            hi = max(hi, value)
+    span = max(hi - lo, hi * 0.02, MiB)
+    return max(0.0, lo - span * 0.08), hi + span * 0.12
 
 
-def svg(timeline, devices, elapsed_s: float, width: int = 760,
-        panel_height: int = 120) -> str:
-    """The live curves as a small SVG: one panel per GPU (with its total and limit) and one
-    for host RSS. Cheap (well under a millisecond for a few hundred points), so it can be
-    redrawn from the sampler thread twice a second."""
-    left, right, top_pad, bottom_pad = 62, 8, 14, 16
-    rows = [(d.index, d.total_bytes, d.limit_bytes) for d in devices]
-    rows.append((None, None, None))  # host RSS
-    height = len(rows) * (panel_height + top_pad + bottom_pad)
-    t_max = max(elapsed_s, 1e-3)
-    x0, plot_w = left, width - left - right
+def svg(record: CellRecord, width: int = 760, row_height: int = 130) -> str:
+    """The final curves as SVG, for the static fallbacks: one row per GPU and one for host RSS,
+    the axis fitted to the data, exact peaks marked. Text uses ``currentColor``, so it reads in
+    light and dark pages; about a millisecond (each curve is downsampled)."""
+    left, right, top_pad, bottom_pad = 66, 12, 16, 18
+    rows = [(d.index, d.limit_bytes, d.total_bytes) for d in record.devices] + [(None, None, None)]
+    height = len(rows) * (row_height + top_pad + bottom_pad)
+    t_max = max(record.wall_s, 1e-3)
+    plot_w = width - left - right
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-           f'class="kmem-curves" font-family="sans-serif" font-size="10">']
-    for row, (device, total, limit) in enumerate(rows):
-        y0 = row * (panel_height + top_pad + bottom_pad) + top_pad
-        series = [s for s in timeline.series.values() if s.device == device]
-        peak = max([s.max() or 0 for s in series] + [1])
-        top = min(total * 1.02, max(peak, limit or 0) * 1.25) if total else peak * 1.15
+           f'viewBox="0 0 {width} {height}" class="kmem-curves" font-family="sans-serif" '
+           'font-size="10" fill="currentColor">']
+    for n, (device, limit, total) in enumerate(rows):
+        y0 = n * (row_height + top_pad + bottom_pad) + top_pad
+        curves = [(s, downsample(s.t_s, s.values)) for s in record.timeline.series.values()
+                  if s.device == device]
+        lo, hi = _fit([v for _, (_, vs) in curves for v in vs], [limit, total])
+
+        def y(value, y0=y0, lo=lo, hi=hi):
+            return y0 + row_height * (1 - (value - lo) / (hi - lo))
+
         name = "host RSS" if device is None else f"GPU {device} (of {format_bytes(total)})"
-        out.append(f'<text x="{x0}" y="{y0 - 3}" font-weight="bold">{name}</text>')
-        out.append(f'<rect x="{x0}" y="{y0}" width="{plot_w}" height="{panel_height}" '
-                   f'fill="none" stroke="#ccc"/>')
-        out.append(f'<text x="{x0 - 4}" y="{y0 + 8}" text-anchor="end">{format_bytes(top)}</text>')
-        out.append(f'<text x="{x0 - 4}" y="{y0 + panel_height}" text-anchor="end">0</text>')
-        if limit:
-            y = y0 + panel_height * (1 - limit / top)
-            out.append(f'<line x1="{x0}" x2="{x0 + plot_w}" y1="{y:.1f}" y2="{y:.1f}" '
-                       f'stroke="{LIMIT_COLOR}" stroke-dasharray="4 3"/>')
-            out.append(f'<text x="{x0 + plot_w - 2}" y="{y - 2:.1f}" text-anchor="end" '
+        out.append(f'<text x="{left}" y="{y0 - 4}" font-weight="bold">{name}</text>')
+        out.append(f'<rect x="{left}" y="{y0}" width="{plot_w}" height="{row_height}" '
+                   'fill="none" stroke="#8888"/>')
+        for value in (lo, hi):
+            out.append(f'<text x="{left - 4}" y="{y(value) + 3:.1f}" text-anchor="end" '
+                       f'opacity="0.7">{format_bytes(value)}</text>')
+        if limit and lo <= limit <= hi:
+            out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(limit):.1f}" '
+                       f'y2="{y(limit):.1f}" stroke="{LIMIT_COLOR}" stroke-dasharray="4 3"/>'
+                       f'<text x="{left + plot_w - 2}" y="{y(limit) - 2:.1f}" text-anchor="end" '
                        f'fill="{LIMIT_COLOR}">limit {format_bytes(limit)}</text>')
-        for s in series:
-            points = _points(s, t_max, x0, plot_w, y0, panel_height, top)
+        for series, (ts, vs) in curves:
+            points = " ".join(f"{left + plot_w * t / t_max:.1f},{y(v):.1f}" for t, v in zip(ts, vs))
             if points:
-                dash = ' stroke-dasharray="3 3"' if s.source == "process" else ""
-                out.append(f'<polyline fill="none" stroke="{color(s.source)}" '
+                dash = ' stroke-dasharray="3 3"' if series.source == "process" else ""
+                out.append(f'<polyline fill="none" stroke="{color(series.source)}" '
                            f'stroke-width="1.6"{dash} points="{points}"/>')
-        out.append(f'<text x="{x0 + plot_w}" y="{y0 + panel_height + 12}" text-anchor="end">'
-                   f'{t_max:.1f} s</text>')
+        out.append(f'<text x="{left}" y="{y0 + row_height + 12}" opacity="0.7">0 s</text>'
+                   f'<text x="{left + plot_w}" y="{y0 + row_height + 12}" text-anchor="end" '
+                   f'opacity="0.7">{t_max:.2f} s</text>')
     out.append("</svg>")
     return "".join(out)
