@@ -4,8 +4,9 @@
 True
 
 Linux keeps a high-water mark of each process's RSS (``VmHWM``), which catches a spike between
-two samples; :func:`reset_peak` rewinds it at a cell's start (``/proc/self/clear_refs``) so that
-:func:`peak` is the cell's own. Elsewhere both answer None and the sampled maximum is used.
+two samples. kmem only reads it (:func:`peak`), never resets it: rewinding it
+(``/proc/self/clear_refs``) would also rewind what ``getrusage`` and every other tool report as
+the process's peak. Where it is unknown, :func:`peak` answers None.
 """
 
 from __future__ import annotations
@@ -28,16 +29,6 @@ def host_rss() -> int:
     if _process is None or _process.pid != os.getpid():
         _process = psutil.Process()
     return int(_process.memory_info().rss)
-
-
-def reset_peak() -> bool:
-    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0); True if done."""
-    try:
-        with open("/proc/self/clear_refs", "w") as handle:
-            handle.write("5")
-    except OSError:
-        return False
-    return peak() is not None
 
 
 def peak() -> Optional[int]:

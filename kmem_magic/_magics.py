@@ -22,9 +22,9 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
-from . import _cell, _nvml, advise, backends, show
+from . import _cell, advise, backends, show
+from ._interrupts import held
 from .measure import Measurement, measure_now
-from .measure.cell import limited
 from .policy import Configurator, Policy
 from .record import CellRecord, Suggestion
 from .show import export, text
@@ -132,6 +132,7 @@ class GpuMem(Magics):
         self.configurator = Configurator()
         self.history: List[CellRecord] = []
         self.panels: Dict[Any, Panel] = {}  # the live panels, oldest first, by cell
+        self.folder = _notebook_folder(shell)  # where Save writes, whatever %cd does later
         self._loaded = False
 
     # --------------------------------------------------------------------- life cycle
@@ -238,14 +239,17 @@ class GpuMem(Magics):
         policy = self.configurator.policy or self.default_policy()
         interval = args.interval or self.interval
         number = self._cell_number()
-        panel = self._panel(policy, number, interval, args)
-        measurement = Measurement(
-            policy=str(policy), limit=policy.limit, interval_s=interval, execution_count=number,
-            on_sample=panel.on_sample if panel is not None and panel.live else None, source=cell)
-        measurement.start()
+        # kmem's own work before and after the body is never cut short by an interrupt: one
+        # that arrives before stops the cell before its body runs, one after is reported and
+        # the body's result kept.
+        with held() as early:
+            measurement = self._start(policy, interval, number, cell)
+            panel = self._panel(policy, number, interval, args, measurement)
         error: Optional[BaseException] = None
         value = None
         try:
+            if early.count:
+                raise KeyboardInterrupt("interrupted before the cell ran")
             value = _cell.run(code, self.shell.user_ns)
             return value
         except BaseException as raised:
@@ -256,24 +260,45 @@ class GpuMem(Magics):
                 traceback.clear_frames(raised.__traceback__)
             raise
         finally:
-            self._conclude(measurement, error, value, args, panel, code)
+            with held() as late:
+                self._conclude(measurement, error, value, args, panel, code)
+            if late.count:
+                _say(panel, "An interrupt arrived while kmem was finishing its report: the "
+                     "cell had already run, and its result is kept.")
 
-    def _panel(self, policy: Policy, number: Optional[int], interval: float,
-               args) -> Optional[Panel]:
-        """The live panel, shown now, where the frontend shows widgets (else None)."""
-        if args.quiet or not widgets_available(self.shell):
+    def _start(self, policy: Policy, interval: float, number: Optional[int],
+               cell: str) -> Optional[Measurement]:
+        """The started measurement of this cell, None if kmem could not start one (the cell
+        then runs unmeasured: a kmem fault never costs the cell)."""
+        try:
+            return Measurement(policy=str(policy), limit=policy.limit, interval_s=interval,
+                               execution_count=number, source=cell).start()
+        except Exception as failure:
+            print(f"kmem_magic: could not start measuring ({failure!r}); the cell runs as usual")
             return None
-        panel = Panel(f"%%gpumem cell-{number} · policy {policy}",
-                      limited(_nvml.devices(), policy.limit),
-                      refresh_s=max(interval, self.refresh), live=not args.no_live,
-                      actions=Actions(measure_now))
-        if panel.live:
-            panel.show()
+
+    def _panel(self, policy: Policy, number: Optional[int], interval: float, args,
+               measurement: Optional[Measurement]) -> Optional[Panel]:
+        """The panel, shown now if live, where the frontend shows widgets (else None)."""
+        if measurement is None or args.quiet or not widgets_available(self.shell):
+            return None
+        try:
+            panel = Panel(f"%%gpumem cell-{number} · policy {policy}", measurement.devices,
+                          refresh_s=max(interval, self.refresh), live=not args.no_live,
+                          actions=Actions(measure_now, self.folder))
+            if panel.live:
+                panel.show()
+                measurement.on_sample = panel.on_sample
+        except Exception as failure:
+            print(f"kmem_magic: no panel this time ({failure!r}); the report follows as text")
+            return None
         return panel
 
-    def _conclude(self, measurement: Measurement, error, value, args,
+    def _conclude(self, measurement: Optional[Measurement], error, value, args,
                   panel: Optional[Panel], code: _cell.Code) -> None:
         """Stop measuring, advise, remember and show; never raises into the user's cell."""
+        if measurement is None:
+            return
         try:
             record = measurement.finish(error)
         except Exception as failure:  # a kmem bug must not replace the cell's own outcome
@@ -350,6 +375,17 @@ class GpuMem(Magics):
                              f"{error.strerror or error}") from None
 
 
+def _say(panel: Optional[Panel], message: str) -> None:
+    """``message`` in the panel's status line, else printed."""
+    try:
+        if panel is not None and not panel.retired:
+            panel.widget.status = message
+            return
+    except Exception:
+        pass
+    print(f"kmem_magic: {message}")
+
+
 def _is_oom(error: BaseException) -> bool:
     """Whether the cell's error is out of memory; never raises (an exception whose ``str``
     fails must stay the user's own)."""
@@ -357,6 +393,14 @@ def _is_oom(error: BaseException) -> bool:
         return backends.is_oom(error)
     except Exception:
         return False
+
+
+def _notebook_folder(shell) -> str:
+    """The notebook's folder: VS Code names the file, Jupyter starts the kernel in it."""
+    path = (getattr(shell, "user_ns", None) or {}).get("__vsc_ipynb_file__")
+    if isinstance(path, str) and os.path.isabs(path):
+        return os.path.dirname(path)
+    return os.getcwd()
 
 
 def _chosen_policy(args) -> Optional[Policy]:

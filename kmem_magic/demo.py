@@ -88,8 +88,8 @@ def run_notebook(path: str, out: str) -> int:
                 print(output["data"]["text/plain"])
     executed = os.path.join(out, f"{name}.ipynb")
     nbformat.write(nb, executed)
-    # The HTML page is static: without a kernel the widgets are dead, so it shows the PNG
-    # fallback of each panel instead of the widget view.
+    # The HTML page is static: without a kernel the widgets are dead, so it shows each panel's
+    # static fallback (its figures, suggestions and an SVG of its curves) instead.
     static = copy.deepcopy(nb)
     static.metadata.pop("widgets", None)
     page, _ = HTMLExporter().from_notebook_node(static)
@@ -97,7 +97,7 @@ def run_notebook(path: str, out: str) -> int:
     with open(html_path, "w", encoding="utf-8") as handle:
         handle.write(page)
     print(f"\nwrote {os.path.abspath(executed)} (with the panels' widget state)")
-    print(f"wrote {os.path.abspath(html_path)} (static page: the panels' PNG)")
+    print(f"wrote {os.path.abspath(html_path)} (static page: the panels' figures and curves)")
     if failed is not None:
         print(f"the notebook failed: {failed}")
         return 1

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -109,6 +110,8 @@ class FakeNvml:
         self.broken = broken  # nvmlInit raises an error that is no NVMLError
         self.calls = []
         self.failing_reads = set()  # numbers (1, 2, ...) of the `used` reads that raise
+        self.delay_s = 0.0  # how long each memory or process query takes (a slow driver)
+        self.on_read = None  # called with the number of each `used` read, before it answers
 
     def nvmlInit(self):
         if self.broken:
@@ -131,6 +134,9 @@ class FakeNvml:
     def nvmlDeviceGetMemoryInfo(self, handle, version=None):
         self.calls.append(("memory", handle, version))
         reads = sum(1 for call in self.calls if call[0] == "memory" and call[2] is not None)
+        if version is not None and self.on_read is not None:
+            self.on_read(reads)
+        time.sleep(self.delay_s)
         if version is not None and reads in self.failing_reads:
             raise RuntimeError("driver hiccup")  # not an NVMLError: a fault kmem did not expect
         gpu = self.gpus[handle]
@@ -138,6 +144,7 @@ class FakeNvml:
 
     def nvmlDeviceGetComputeRunningProcesses(self, handle):
         self.calls.append(("processes", handle))
+        time.sleep(self.delay_s)
         return [SimpleNamespace(pid=pid, usedGpuMemory=used)
                 for pid, used in self.gpus[handle].get("procs", [])]
 

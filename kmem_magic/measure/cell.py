@@ -6,14 +6,21 @@
 >>> record.peak("host").bytes > 0
 True
 
-At the start it takes a snapshot of every source, resets the allocators' peak counters (and the
-kernel's high-water mark of host RSS, where Linux allows), and starts the :class:`Sampler`. At the
-end it stops the sampler, takes a second snapshot, and reads the peak counters: those give the
-exact peak of the cell even when a spike lasted a millisecond. The record it returns has no
-suggestions yet: the advice (``kmem_magic.advise``) reads it and the caller completes it.
+At the start it takes a snapshot of every source, resets the allocators' peak counters and
+notes the kernel's high-water mark of host RSS, then samples in the :class:`Sampler`'s thread.
+At the end it stops the sampler, takes a second snapshot, and reads the peak counters: those
+give the exact peak of the cell even when a spike lasted a millisecond. The record it returns has
+no suggestions yet: the advice (``kmem_magic.advise``) reads it and the caller completes it.
 
-A reading that fails (NVML, an allocator counter, whatever it raises) never stops the cell: the
-figure is unknown, and the record's ``faults`` say which reading failed and how.
+Nothing here can cost the cell:
+
+* a reading that fails (NVML, an allocator counter, whatever it raises) makes that figure
+  unknown, and the record's ``faults`` say which reading failed and how;
+* the readings at both edges run in the sampler's thread and are waited for at most
+  ``deadline_s`` each (:data:`DEADLINE_S`): NVML taking seconds to answer costs the cell that
+  deadline, and the figures it did not deliver in time are unknown, with the reason;
+* the process-wide high-water mark of host RSS is read, never reset: the host peak is exact
+  when the cell set a new high for the process, else it is the sampled maximum.
 """
 
 from __future__ import annotations
@@ -33,9 +40,31 @@ from ..record import HOST, CellRecord, Device, Figures, Peak, Timeline
 from ..sizes import Limit
 from .sampler import Sampler, guarded
 
+DEADLINE_S = 0.025  # the most each edge of a cell waits for its readings
+
+
+@dataclasses.dataclass
+class _Start:
+    devices: List[Device]
+    gpu_note: Optional[str]
+    before: Dict
+    states: Dict[str, Any]
+    host_mark: Optional[int]
+
+
+@dataclasses.dataclass
+class _End:
+    after: Dict
+    others: Dict[int, tuple]
+    started: List
+    peaks: Dict[str, Dict[int, Peak]]
+    host_mark: Optional[int]
+
 
 class Measurement:
-    """One measured stretch: :meth:`start`, run the code, :meth:`finish` (always, in finally)."""
+    """One measured stretch: :meth:`start`, run the code, :meth:`finish` (always, in finally).
+    ``deadline_s`` bounds how long each edge waits for its readings (None: as long as they
+    take, for callers that are not a user's cell)."""
 
     def __init__(
         self,
@@ -45,6 +74,7 @@ class Measurement:
         execution_count: Optional[int] = None,
         on_sample: Optional[Callable[[Timeline], None]] = None,
         source: str = "",
+        deadline_s: Optional[float] = DEADLINE_S,
     ) -> None:
         self.policy = policy
         self.limit = limit
@@ -52,28 +82,29 @@ class Measurement:
         self.execution_count = execution_count
         self.on_sample = on_sample
         self.source = source
+        self.deadline_s = deadline_s
         self.sampler: Optional[Sampler] = None
         self.faults: List[str] = []
+        self.devices: List[Device] = []
+        self._start: Optional[_Start] = None
+        self._end: Optional[_End] = None
+        self._late_start = False
 
     def start(self) -> "Measurement":
+        """Take the readings before the cell and start sampling (waits at most the deadline)."""
         global _current
-        guard = self._guard
-        self.devices = limited(guard("NVML devices", _nvml.devices, []), self.limit)
-        self.gpu_note = guard("NVML", _nvml.unavailable_reason, "NVML failed")
         self.started_at = datetime.datetime.now().isoformat(timespec="seconds")
-        self._before = _snapshot(self.devices, guard)
-        # a backend whose counter could not be reset gets no allocator peak (unknown), never
-        # a peak from before the cell
-        self._states = {}
-        for backend in backends.BACKENDS:
-            state = guard(f"{backend.name} reset_peak", backend.reset_peak, _FAILED)
-            if state is not _FAILED:
-                self._states[backend.name] = state
-        self._host_peak_exact = guard("host peak", _host.reset_peak, False)
+        self.sampler = Sampler([], backends.BACKENDS, self.interval_s,
+                               on_sample=self._on_sample, before=self._read_start,
+                               after=self._read_end)
+        if not self.sampler.start(self.deadline_s):
+            self._late_start = True
+            self.faults.append(f"the readings before the cell took longer than "
+                               f"{self._deadline_ms()} (NVML or a framework counter is slow): "
+                               "the figures from before the cell are unknown")
+        elif self._start is not None:
+            self.devices = self._start.devices
         self._t0 = time.perf_counter()
-        self.sampler = Sampler(
-            self.devices, backends.BACKENDS, self.interval_s, on_sample=self.on_sample
-        ).start()
         _current = weakref.ref(self)
         return self
 
@@ -82,19 +113,24 @@ class Measurement:
         global _current
         if _current is not None and _current() is self:
             _current = None
-        timeline = self.sampler.stop()
+        on_time = self.sampler.stop(self.deadline_s)
         wall_s = time.perf_counter() - self._t0
-        others: Dict[int, tuple] = {}
-        after = _snapshot(self.devices, self._guard, others)
-        started = self._guard("backends", backends.started, [])
-        gpu = {d.index: self._gpu_figures(d.index, after[d.index], timeline)
-               for d in self.devices}
-        self._add_allocator_peaks(gpu, started, timeline)
-        host = Figures(before={HOST: self._before[HOST]}, after={HOST: after[HOST]})
-        host_peak = self._guard("host peak", _host.peak, None) if self._host_peak_exact else None
-        host.peak[HOST] = (
-            Peak(host_peak, True, "kernel high-water mark") if host_peak is not None
-            else _sampled_peak(timeline, HOST, None, host, f"every {self.interval_s:g} s"))
+        timeline = self.sampler.timeline
+        if not on_time:
+            self.faults.append(f"the readings after the cell took longer than "
+                               f"{self._deadline_ms()} (NVML or a framework counter is slow): "
+                               "the figures after the cell and the exact peaks are unknown")
+        start = self._start if not self._late_start else None
+        end = self._end if on_time else None
+        devices = (self._start.devices if self._start is not None else []) or self.devices
+        before = start.before if start else {d.index: {} for d in devices} | {HOST: None}
+        after = end.after if end else {d.index: {} for d in devices} | {HOST: None}
+        gpu = {d.index: self._gpu_figures(d.index, before.get(d.index, {}),
+                                          after.get(d.index, {}), timeline) for d in devices}
+        if start and end:
+            self._add_allocator_peaks(gpu, end)
+        host = Figures(before={HOST: before[HOST]}, after={HOST: after[HOST]})
+        host.peak[HOST] = _host_peak(start, end, timeline, host, self.interval_s)
         return CellRecord(
             execution_count=self.execution_count,
             started_at=self.started_at,
@@ -102,25 +138,67 @@ class Measurement:
             backend=self._guard("keras backend", backends.keras_backend, None),
             policy=self.policy,
             interval_s=self.interval_s,
-            devices=tuple(self.devices),
+            devices=tuple(devices),
             gpu=gpu,
             host=host,
             timeline=timeline,
-            frameworks=tuple(b.name for b in started),
-            gpu_note=self.gpu_note,
+            frameworks=tuple(b.name for b in (end.started if end else [])),
+            gpu_note=self._start.gpu_note if self._start else None,
             process_note=self.sampler.process_note,
             error=None if error is None else type(error).__name__,
             error_kind=_error_kind(error),
             source=self.source,
-            others=others,
+            others=end.others if end else {},
             faults=tuple(self.faults + self.sampler.errors),
         )
 
+    # ------------------------------------------------------------ in the sampler's thread
+    def _read_start(self) -> None:
+        guard = self._guard
+        devices = limited(guard("NVML devices", _nvml.devices, []), self.limit)
+        gpu_note = guard("NVML", _nvml.unavailable_reason, "NVML failed")
+        self.sampler.devices = devices
+        before = _snapshot(devices, guard)
+        # a backend whose counter could not be reset gets no allocator peak (unknown), never
+        # a peak from before the cell
+        states = {}
+        for backend in backends.BACKENDS:
+            state = guard(f"{backend.name} reset_peak", backend.reset_peak, _FAILED)
+            if state is not _FAILED:
+                states[backend.name] = state
+        host_mark = guard("host peak", _host.peak, None)
+        self._start = _Start(devices, gpu_note, before, states, host_mark)
+
+    def _read_end(self) -> None:
+        guard = self._guard
+        devices = self._start.devices if self._start is not None else []
+        others: Dict[int, tuple] = {}
+        after = _snapshot(devices, guard, others)
+        started = guard("backends", backends.started, [])
+        peaks = {}
+        states = self._start.states if self._start is not None else {}
+        for backend in (b for b in started if b.name in states):
+            sampled = {d.index: series.max() or 0 for d in devices
+                       for series in [self.sampler.timeline.find(backend.name, d.index)]
+                       if series is not None}
+            read = functools.partial(backend.read_peak, states[backend.name], sampled)
+            peaks[backend.name] = guard(f"{backend.name} read_peak", read, {})
+        host_mark = guard("host peak", _host.peak, None)
+        self._end = _End(after, others, started, peaks, host_mark)
+
+    def _on_sample(self, timeline: Timeline) -> None:
+        if self.on_sample is not None:
+            self.on_sample(timeline)
+
+    # ------------------------------------------------------------ building the record
     def _guard(self, what: str, read: Callable[[], Any], unknown: Any) -> Any:
         return guarded(self.faults, what, read, unknown)
 
-    def _gpu_figures(self, index: int, after: dict, timeline: Timeline) -> Figures:
-        figures = Figures(before=dict(self._before[index]), after=dict(after))
+    def _deadline_ms(self) -> str:
+        return f"{self.deadline_s * 1000:.0f} ms"
+
+    def _gpu_figures(self, index: int, before: dict, after: dict, timeline: Timeline) -> Figures:
+        figures = Figures(before=dict(before), after=dict(after))
         figures.peak["device"] = _sampled_peak(
             timeline, "device", index, figures, f"every {self.interval_s:g} s")
         figures.peak["process"] = _sampled_peak(
@@ -128,17 +206,27 @@ class Measurement:
             f"at the edges and every {self.sampler.process_interval_s:g} s")
         return figures
 
-    def _add_allocator_peaks(self, gpu: Dict[int, Figures], started: Sequence,
-                             timeline: Timeline) -> None:
-        for backend in (b for b in started if b.name in self._states):
-            sampled = {i: series.max() or 0 for i in gpu
-                       for series in [timeline.find(backend.name, i)] if series is not None}
-            read = functools.partial(backend.read_peak, self._states[backend.name], sampled)
-            for i, peak in self._guard(f"{backend.name} read_peak", read, {}).items():
+    def _add_allocator_peaks(self, gpu: Dict[int, Figures], end: _End) -> None:
+        for name, peaks in end.peaks.items():
+            for i, peak in peaks.items():
                 if i in gpu:
                     # A framework that started during the cell held nothing before it.
-                    gpu[i].before.setdefault(backend.name, 0)
-                    gpu[i].peak[backend.name] = peak
+                    gpu[i].before.setdefault(name, 0)
+                    gpu[i].peak[name] = peak
+
+
+def _host_peak(start: Optional[_Start], end: Optional[_End], timeline: Timeline,
+               host: Figures, interval_s: float) -> Peak:
+    """Exact when the process's high-water mark rose during the cell (the cell set a new high,
+    so the mark is the cell's peak), else the sampled maximum."""
+    before = start.host_mark if start else None
+    after = end.host_mark if end else None
+    if before is not None and after is not None and after > before:
+        return Peak(after, True, "kernel high-water mark")
+    how = f"every {interval_s:g} s"
+    if before is not None and after is not None:
+        how += "; below the process's earlier high-water mark"
+    return _sampled_peak(timeline, HOST, None, host, how)
 
 
 _current: Optional["weakref.ref[Measurement]"] = None

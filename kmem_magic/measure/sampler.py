@@ -11,6 +11,11 @@ At the default 10 Hz that is well under 0.1 % of a core, and the thread sleeps i
 Exact peaks do not depend on this rate: they come from the allocators' own peak counters, read
 at the cell's edges (see :mod:`kmem_magic.measure.cell`). What fails inside a tick is kept in
 :attr:`Sampler.errors`, which the record carries as its faults.
+
+The readings at the edges run in the thread too (``before`` ahead of the first sample, ``after``
+behind the last), and the caller waits for them at most a deadline: a slow or hung NVML call
+then costs the user's cell that deadline, never the call's own time. A thread whose call did
+not return in time is told to stop and ends as soon as the call does; it writes nothing more.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import weakref
 from typing import Any, Callable, List, Optional, Sequence
 
 from .. import _host, _nvml
-from ..record import Device, Timeline
+from ..record import Device, Series, Timeline
 
 THREAD_NAME = "kmem-sampler"
 MAX_POINTS = 20_000
@@ -51,6 +56,8 @@ class Sampler:
         interval_s: float = 0.1,
         process_interval_s: float = 5.0,
         on_sample: Optional[Callable[[Timeline], None]] = None,
+        before: Optional[Callable[[], None]] = None,
+        after: Optional[Callable[[], None]] = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, not {interval_s}")
@@ -59,12 +66,17 @@ class Sampler:
         self.interval_s = interval_s
         self.process_interval_s = process_interval_s
         self.on_sample = on_sample
+        self.before = before
+        self.after = after
         self.timeline = Timeline()
         self.errors: List[str] = []
         self.process_note: Optional[str] = None
         self._t0 = 0.0
         self._next_process = 0.0
         self._stop = threading.Event()
+        self._ready = threading.Event()  # ``before`` and the first sample are taken
+        self._done = threading.Event()  # the last sample and ``after`` are taken
+        self._abandoned = False  # late: whatever the thread reads from now on is dropped
         self._thread: Optional[threading.Thread] = None
 
     @property
@@ -72,41 +84,60 @@ class Sampler:
         """``time.perf_counter()`` at :meth:`start`; sample times count from here."""
         return self._t0
 
-    def start(self) -> "Sampler":
-        """Take the first sample now, then keep sampling in the ``kmem-sampler`` thread."""
+    def start(self, deadline_s: Optional[float] = None) -> bool:
+        """Start the ``kmem-sampler`` thread: it runs ``before``, takes the first sample, then
+        samples every ``interval_s``. Waits for the first two at most ``deadline_s`` (None:
+        as long as they take); returns whether they were done in time."""
         if self._thread is not None:
-            return self
+            return self._ready.is_set()
         self._t0 = time.perf_counter()
-        self.sample()
-        self._thread = threading.Thread(
-            target=self._run, args=(self._stop,), name=THREAD_NAME, daemon=True
-        )
+        self._thread = threading.Thread(target=self._run, name=THREAD_NAME, daemon=True)
         # Should the owner vanish without stop(), the thread still ends: the finalizer holds
         # the event, not the sampler.
         weakref.finalize(self, self._stop.set)
         self._thread.start()
-        return self
+        return self._ready.wait(deadline_s)
 
-    def stop(self) -> Timeline:
-        """Stop and join the thread, take a last sample, and return the timeline."""
+    def stop(self, deadline_s: Optional[float] = None) -> bool:
+        """Stop the thread, which takes a last sample and runs ``after``; waits for it at most
+        ``deadline_s`` (None: as long as it takes). Returns whether it was done in time; if
+        not, the thread is abandoned: it ends when its current call returns, recording
+        nothing more, and :attr:`timeline` is what was recorded until then. Idempotent."""
         self._stop.set()
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            thread.join(timeout=10)
-            self.sample(force_processes=True)
-        return self.timeline
+        thread = self._thread
+        if thread is None:
+            return True
+        done = self._done.wait(deadline_s)
+        if done:
+            thread.join()
+        else:
+            self._abandoned = True
+            self.timeline = _copy(self.timeline)
+        return done
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread still runs (an abandoned one until its slow call returns)."""
+        return self._thread is not None and self._thread.is_alive()
 
     def __enter__(self) -> "Sampler":
-        return self.start()
+        self.start()
+        return self
 
     def __exit__(self, *exc) -> None:
         self.stop()
 
-    def _run(self, stop: threading.Event) -> None:
-        interval = self.interval_s
-        while not stop.wait(interval):
+    def _run(self) -> None:
+        stop, interval = self._stop, self.interval_s
+        try:
+            if self.before is not None:
+                self._read("start readings", self.before)
             self.sample()
-            if self.on_sample is not None:
+        finally:
+            self._ready.set()
+        while not stop.wait(interval) and not self._abandoned:
+            self.sample()
+            if self.on_sample is not None and not self._abandoned:
                 try:
                     self.on_sample(self.timeline)
                 except Exception as error:  # a display problem must not stop the recording
@@ -114,6 +145,13 @@ class Sampler:
             if len(self.timeline.get("host").t_s) > MAX_POINTS:
                 self._thin()
                 interval *= 2
+        try:
+            if not self._abandoned:
+                self.sample(force_processes=True)
+            if self.after is not None and not self._abandoned:
+                self._read("end readings", self.after)
+        finally:
+            self._done.set()
 
     def sample(self, force_processes: bool = False) -> None:
         """Record one sample of every source (called by the thread; callable directly). A
@@ -121,6 +159,8 @@ class Sampler:
         other sources are still read."""
         t = time.perf_counter() - self._t0
         timeline = self.timeline
+        if self._abandoned:
+            return
         for device in self.devices:
             used = self._read("NVML memory", lambda: _nvml.memory_used(device))
             timeline.get("device", device.index).append(t, used)
@@ -150,6 +190,15 @@ class Sampler:
             pairs = range(0, len(t) - 1, 2)
             series.t_s = [t[i] for i in pairs] + t[len(t) - len(t) % 2:]
             series.values = [_larger(v[i], v[i + 1]) for i in pairs] + v[len(v) - len(v) % 2:]
+
+
+def _copy(timeline: Timeline) -> Timeline:
+    """A copy that a late thread can no longer write into."""
+    copy = Timeline(marks=list(timeline.marks))
+    for key, series in list(timeline.series.items()):
+        copy.series[key] = Series(series.source, series.device, list(series.t_s),
+                                  list(series.values))
+    return copy
 
 
 def _larger(a: Optional[int], b: Optional[int]) -> Optional[int]:

@@ -1,0 +1,122 @@
+"""Faults, slowness and interrupts in kmem's own work never cost the user's cell (invariant 2).
+
+A real IPython shell; the hardware is faked at its boundary only (the ``pynvml`` module): a
+driver that raises, one that takes seconds to answer, and one whose read delivers a SIGINT
+exactly while kmem is at the cell's edge (what a kernel's interrupt button sends).
+"""
+
+import os
+import signal
+import threading
+import time
+
+import kmem_magic
+from conftest import gpu
+
+
+def run(ip, source):
+    return ip.run_cell(source, store_history=True)
+
+
+def kmem_threads():
+    return [t for t in threading.enumerate() if t.name.startswith("kmem-") and t.is_alive()]
+
+
+def wait_for_no_kmem_thread(seconds):
+    deadline = time.time() + seconds
+    while kmem_threads() and time.time() < deadline:
+        time.sleep(0.05)
+    return kmem_threads()
+
+
+def test_a_fault_at_the_cells_start_never_stops_its_body(ip, fake_nvml, capsys):
+    fake = fake_nvml([gpu(0, used=3 * 2**30)])
+    fake.failing_reads = {1}  # the reading before the cell
+    result = run(ip, "%%gpumem --interval 5\nbody_ran = True\n41 + 1")
+    assert result.success and result.result == 42 and ip.user_ns["body_ran"]
+    record = kmem_magic.history(ip)[-1]
+    assert record.gpu[0].before["device"] is None, "unknown, not 0"
+    assert record.left_behind("device", 0) is None
+    assert any("driver hiccup" in fault for fault in record.faults)
+    assert "fault(s) while measuring" in capsys.readouterr().out
+
+
+def test_slow_nvml_costs_the_cell_its_deadlines_not_the_calls(ip, fake_nvml):
+    fake = fake_nvml([gpu(0, used=3 * 2**30)])
+    kmem_magic.history(ip)  # NVML starts before the driver turns slow
+    from kmem_magic import _nvml
+
+    _nvml.devices()
+    fake.delay_s = 2.0  # every query takes 2 s; a cell reads a dozen of them
+    started = time.perf_counter()
+    result = run(ip, "%%gpumem\nimport time\ntime.sleep(0.5)\n7")
+    took = time.perf_counter() - started
+    assert result.success and result.result == 7
+    assert took < 1.5, f"a 0.5 s cell took {took:.1f} s: kmem waited for NVML"
+    record = kmem_magic.history(ip)[-1]
+    assert any("took longer than 25 ms" in fault for fault in record.faults)
+    assert record.peak("device", 0).bytes is None or not record.peak("device", 0).exact
+    # the thread was told to stop: it ends once the call it is in returns, reading no more
+    assert not wait_for_no_kmem_thread(5), "the sampler thread outlived its slow call"
+
+
+def test_a_late_thread_writes_nothing_into_the_next_cell(ip, fake_nvml):
+    fake = fake_nvml([gpu(0, used=3 * 2**30)])
+    from kmem_magic import _nvml
+
+    _nvml.devices()
+    fake.delay_s = 1.0
+    run(ip, "%%gpumem --interval 0.05\nx = 1")
+    first = kmem_magic.history(ip)[-1]
+    points = {key: len(s.t_s) for key, s in first.timeline.series.items()}
+    fake.delay_s = 0.0
+    run(ip, "%%gpumem --interval 0.05\nimport time\ntime.sleep(0.3)")
+    assert {key: len(s.t_s) for key, s in first.timeline.series.items()} == points, \
+        "the first cell's record changed after it was made"
+    assert kmem_magic.history(ip)[-1].peak("device", 0).bytes == 3 * 2**30
+    assert not wait_for_no_kmem_thread(5)
+
+
+def _interrupt_at(fake, read_number):
+    def on_read(number):
+        if number in read_number:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)  # let the main thread take it while kmem waits
+
+    fake.on_read = on_read
+
+
+def test_an_interrupt_in_kmems_start_stops_the_cell_before_its_body(ip, fake_nvml, capsys):
+    fake = fake_nvml([gpu(0)])
+    _interrupt_at(fake, {1})
+    result = run(ip, "%%gpumem --interval 5\nbody_ran_after_interrupt = True")
+    assert isinstance(result.error_in_exec, KeyboardInterrupt)
+    assert "body_ran_after_interrupt" not in ip.user_ns
+    record = kmem_magic.history(ip)[-1]
+    assert record.error_kind == "interrupt", "the cell is in the history, as interrupted"
+    assert "interrupted" in capsys.readouterr().out, "the report is final and says so"
+
+
+def test_an_interrupt_in_kmems_finish_keeps_the_result(ip, fake_nvml, capsys):
+    fake = fake_nvml([gpu(0)])
+    fake.on_read = None
+    # reads: 1 before the cell, 2 the first sample; with a 5 s interval the next ones are the
+    # last sample and the reading after the cell: interrupt both (a double interrupt)
+    _interrupt_at(fake, {3, 4})
+    result = run(ip, "%%gpumem --interval 5\nanswer = 6 * 7\nanswer")
+    assert result.success and result.result == 42
+    out = capsys.readouterr().out
+    assert "An interrupt arrived while kmem was finishing" in out
+    assert "cell had already run, and its result is kept" in out
+    record = kmem_magic.history(ip)[-1]
+    assert record.error is None and record.gpu[0].after["device"] == 0
+
+
+def test_nvml_init_raising_a_foreign_error_leaves_load_and_status_working(ip, fake_nvml,
+                                                                          capsys):
+    fake_nvml([gpu(0)], broken=True)
+    result = run(ip, "%gpumem status")
+    assert result.success
+    assert "NVML failed to start" in capsys.readouterr().out
+    result = run(ip, "%%gpumem\n5")
+    assert result.success and result.result == 5
