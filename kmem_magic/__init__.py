@@ -26,8 +26,13 @@ def load_ipython_extension(ipython) -> None:
         return
     from ._magics import GpuMem
 
-    magics = GpuMem(shell=ipython)
-    magics.load()  # may raise UsageError on a bad KMEM_LIMIT: then nothing is registered
+    magics = GpuMem(shell=ipython)  # (a Magics adds itself to the shell's configurables)
+    try:
+        magics.load()  # may raise UsageError on a bad KMEM_LIMIT: then nothing is registered
+    except BaseException:
+        if magics in ipython.configurables:
+            ipython.configurables.remove(magics)
+        raise
     ipython.register_magics(magics)
     _LOADED[id(ipython)] = magics
 

@@ -39,10 +39,19 @@ CELL_ONLY = ("--interval", "--quiet", "--no-live", "--compare", "-o", "--output"
 def _size_or_percent(value: str) -> str:
     """argparse ``type=`` for --limit: accepts ``4GiB``, ``512MiB``, ``60%``; what it refuses
     is said in the error (argparse's own would only say "invalid")."""
+    value = _unquoted(value)
     try:
         parse_limit(value)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+    return value
+
+
+def _unquoted(value: str) -> str:
+    """``value`` without the quotes around it: IPython's splitting of a magic's line keeps
+    them (``--limit "4 GiB"``, ``export "my cells.csv"``)."""
+    if len(value) > 1 and value[0] == value[-1] and value[0] in "'\"":
+        return value[1:-1]
     return value
 
 
@@ -182,6 +191,8 @@ class GpuMem(Magics):
             raise UsageError(f"%gpumem: {misplaced[0].split('=')[0]} applies to the cell magic "
                              "%%gpumem")
         args = magic_arguments.parse_argstring(self.gpumem_line, line)
+        if args.path:
+            args.path = _unquoted(args.path)
         policy = _chosen_policy(args)
         if args.command == "export" and (not args.path or
                                          not args.path.lower().endswith((".csv", ".json"))):

@@ -222,12 +222,15 @@ def _pid_visible(pid: int) -> bool:
 
 
 def process_used(
-    device: Device, pid: Optional[int] = None, table: Optional[list] = None
+    device: Device, pid: Optional[int] = None, table: Optional[list] = None,
+    ours: Optional[int] = None,
 ) -> Tuple[Optional[int], Optional[str]]:
     """Bytes this process holds on ``device``, and why not when that is unknown.
 
-    In containers NVML reports host PIDs, so our own PID is never found; then the answer is
-    ``(None, reason)`` rather than a silent 0.
+    In containers NVML reports host PIDs (or none), so our own PID is never found; then the
+    answer is ``(None, reason)`` rather than a silent 0. ``ours``, the bytes this process's
+    frameworks hold on the device (if known), settles it: a process that holds memory is not
+    absent, whatever the table says.
     """
     pid = os.getpid() if pid is None else pid
     table = processes(device) if table is None else table
@@ -238,6 +241,9 @@ def process_used(
             if used is None:
                 return None, "NVML does not report per-process memory on this system"
             return used, None
+    if ours:
+        return None, ("NVML does not list this process although its frameworks hold memory on "
+                      "this GPU (a container hides its PIDs), so its share is unknown")
     if all(_pid_visible(other) for other, _ in table):
         return 0, None
     return None, "NVML reports PIDs from outside this container, so this process's share is unknown"

@@ -10,8 +10,11 @@ import signal
 import threading
 import time
 
+import pytest
+
 import kmem_magic
 from conftest import gpu
+from kmem_magic.show.text import summary
 
 
 def run(ip, source):
@@ -120,3 +123,22 @@ def test_nvml_init_raising_a_foreign_error_leaves_load_and_status_working(ip, fa
     assert "NVML failed to start" in capsys.readouterr().out
     result = run(ip, "%%gpumem\n5")
     assert result.success and result.result == 5
+
+
+@pytest.mark.tensorflow
+def test_an_empty_process_table_is_shown_as_unknown_not_as_zero(ip, fake_nvml, monkeypatch):
+    tf = pytest.importorskip("tensorflow")
+    from kmem_magic import backends
+
+    tf.constant(1.0)
+    fake_nvml([gpu(0, used=5 * 2**30, procs=[])])  # a container: NVML lists no process
+    counters = tf.config.experimental  # TensorFlow's allocator holds 4 GiB on GPU:0
+    monkeypatch.setattr(backends.by_name("tensorflow"), "_gpu_names", ["GPU:0"])
+    monkeypatch.setattr(counters, "get_memory_info",
+                        lambda name: {"current": 4 * 2**30, "peak": 4 * 2**30})
+    monkeypatch.setattr(counters, "reset_memory_stats", lambda name: None)
+    run(ip, "%%gpumem\nx = 1")
+    record = kmem_magic.history(ip)[-1]
+    assert record.peak("process", 0).bytes is None
+    assert "does not list this process" in record.process_note
+    assert "this process (NVML)    peak     unknown" in summary(record)

@@ -98,3 +98,11 @@ def test_an_nvml_that_fails_to_start_means_no_gpu_figures_and_no_traceback(shell
     assert "no GPU: NVML failed to start: OSError('libnvidia-ml.so.1: wrong ELF class')" in loaded
     assert result.success and "Traceback" not in status
     assert "no GPU: NVML failed to start" in status
+
+
+def test_an_empty_process_table_is_unknown_when_this_process_holds_memory(fake_nvml):
+    fake_nvml([gpu(0, used=5 * 2**30, procs=[])])
+    device = _nvml.devices()[0]
+    used, why = _nvml.process_used(device, ours=4 * 2**30)
+    assert used is None and "does not list this process" in why
+    assert _nvml.process_used(device, ours=0) == (0, None), "holding nothing, absent is 0"

@@ -203,3 +203,19 @@ def test_one_row_per_gpu_when_there_are_several(fake_nvml):
     assert "host RSS" in picture
     panel = Panel("t", _nvml.devices())
     assert [row["name"] for row in panel.widget.meta["rows"]] == ["GPU 0", "GPU 1", "host"]
+
+
+def test_a_panel_whose_measurement_failed_still_ends_and_says_why(fake_nvml):
+    fake_nvml([gpu(0)])
+    panel = Panel("t", _nvml.devices())
+    shown = []
+
+    class Handle:
+        def update(self, bundle, raw=False):
+            shown.append(bundle)
+
+    panel._handle = Handle()
+    panel.fail("the measurement failed (RuntimeError('x'))")
+    assert panel.widget.final, "the browser leaves the live view"
+    assert "the measurement failed" in panel.widget.facts_html
+    assert "the measurement failed" in shown[-1]["text/plain"]

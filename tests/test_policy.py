@@ -105,6 +105,22 @@ def test_bad_environment_limit_is_one_line_error_and_changes_nothing(shell):
         shell.extension_manager.load_extension("kmem_magic")
     assert "gpumem" not in shell.magics_manager.magics["cell"]
     assert "XLA_PYTHON_CLIENT_PREALLOCATE" not in os.environ
+    assert not any(type(c).__name__ == "GpuMem" for c in shell.configurables), \
+        "no half-registered configurable left behind"
+
+
+def test_a_bad_config_value_is_refused_and_later_config_still_applies(ip, capsys):
+    magics = ip.magics_manager.registry["GpuMem"]
+    ip.run_cell('%config GpuMem.limit = "lots"')  # %config reports the TraitError itself
+    assert magics.limit == ""
+    ip.run_cell('%config GpuMem.policy = "none"')
+    assert str(magics.configurator.policy).startswith("none")
+
+
+def test_a_quoted_limit_with_a_space_is_accepted(ip):
+    result = ip.run_cell('%gpumem --limit "4 GiB"')
+    assert result.error_in_exec is None
+    assert ip.magics_manager.registry["GpuMem"].configurator.policy.limit.bytes_of(0) == 4 * 2**30
 
 
 @pytest.mark.parametrize("line, message", [

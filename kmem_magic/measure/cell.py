@@ -258,19 +258,20 @@ def _snapshot(devices: Sequence[Device], guard: Callable = _unguarded,
     GPU: ``(pid, name or None, bytes or None)``."""
     shot: Dict = {d.index: {} for d in devices}
     me = os.getpid()
-    for device in devices:
-        shot[device.index]["device"] = guard("NVML memory", lambda: _nvml.memory_used(device),
-                                             None)
-        table = guard("NVML processes", lambda: _nvml.processes(device), None)
-        shot[device.index]["process"] = _nvml.process_used(device, table=table)[0] \
-            if table is not None else None
-        if others is not None and table is not None:
-            others[device.index] = tuple((pid, _process_name(pid), used)
-                                         for pid, used in table if pid != me)
     for backend in guard("backends", backends.started, []):
         for index, used in guard(f"{backend.name} in_use", backend.in_use, {}).items():
             if index in shot:
                 shot[index][backend.name] = used
+    for device in devices:
+        readings = shot[device.index]
+        ours = sum(v or 0 for v in readings.values())
+        readings["device"] = guard("NVML memory", lambda: _nvml.memory_used(device), None)
+        table = guard("NVML processes", lambda: _nvml.processes(device), None)
+        readings["process"] = _nvml.process_used(device, table=table, ours=ours)[0] \
+            if table is not None else None
+        if others is not None and table is not None:
+            others[device.index] = tuple((pid, _process_name(pid), used)
+                                         for pid, used in table if pid != me)
     shot[HOST] = guard("host RSS", _host.host_rss, None)
     return shot
 

@@ -20,6 +20,7 @@ not return in time is told to stop and ends as soon as the call does; it writes 
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import weakref
@@ -164,16 +165,18 @@ class Sampler:
         for device in self.devices:
             used = self._read("NVML memory", lambda: _nvml.memory_used(device))
             timeline.get("device", device.index).append(t, used)
-        if force_processes or t >= self._next_process:
-            self._next_process = t + self.process_interval_s
-            for device in self.devices:
-                used, why = self._read("NVML processes", lambda: _nvml.process_used(device),
-                                       (None, None))
-                self.process_note = why or self.process_note
-                timeline.get("process", device.index).append(t, used)
+        ours: dict = {}
         for backend in self.backends:
             for index, used in self._read(f"{backend.name} in_use", backend.in_use, {}).items():
                 timeline.get(backend.name, index).append(t, used)
+                ours[index] = ours.get(index, 0) + (used or 0)
+        if force_processes or t >= self._next_process:
+            self._next_process = t + self.process_interval_s
+            for device in self.devices:
+                read = functools.partial(_nvml.process_used, device, ours=ours.get(device.index))
+                used, why = self._read("NVML processes", read, (None, None))
+                self.process_note = why or self.process_note
+                timeline.get("process", device.index).append(t, used)
         timeline.get("host").append(t, self._read("host RSS", _host.host_rss))
 
     def _read(self, what: str, read: Callable[[], Any], unknown: Any = None) -> Any:

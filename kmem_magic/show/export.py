@@ -1,7 +1,9 @@
 """Files: a cell's timeline as CSV, the history as CSV or JSON, and the panel's Save.
 
-Files are created exclusively (``open(..., "x")``: never over an existing file, and never
-through a symbolic link, which counts as existing).
+Every file is written by :func:`write_new`: whole or not at all, and only where no file was:
+the content goes to a temporary file in the same folder, which is then hard-linked to its name
+(``link`` fails on any existing name, a dangling symbolic link included, and follows none). A
+write that fails (disk full, a file-size limit) leaves nothing behind, so a retry just works.
 """
 
 from __future__ import annotations
@@ -9,10 +11,16 @@ from __future__ import annotations
 import csv
 import io
 import json
+import errno
 import os
-from typing import Sequence
+import tempfile
+from typing import Sequence, Union
 
 from ..record import UNKNOWN, CellRecord
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
 
 
 def timeline_csv(record: CellRecord) -> str:
@@ -57,8 +65,7 @@ def export(records: Sequence[CellRecord], path: str) -> str:
     """Write ``records`` to ``path`` (.json: full records; .csv: one row per figure); raises
     FileExistsError rather than write over a file."""
     text = history_json(records) if path.lower().endswith(".json") else history_csv(records)
-    with open(path, "x") as handle:
-        handle.write(text)
+    write_new(path, text)
     return f"wrote {len(records)} cell(s) to {os.path.abspath(path)}"
 
 
@@ -66,19 +73,56 @@ def save(record: CellRecord, png: bytes, folder: str) -> str:
     """Write the plot (``png``) and the timeline (CSV) of ``record`` into ``folder`` as
     ``kmem-cell-N.png`` and ``.csv`` (``-1``, ``-2``... when taken); returns the stem's path."""
     base = os.path.join(folder, f"kmem-{record.name}")
+    table = timeline_csv(record)
     for n in range(10_000):
         stem = base if n == 0 else f"{base}-{n}"
-        if any(os.path.lexists(stem + ext) for ext in (".png", ".csv")):
+        try:
+            write_new(stem + ".png", png)
+        except FileExistsError:
             continue
         try:
-            with open(stem + ".png", "xb") as handle:
-                handle.write(png)
-        except FileExistsError:  # taken since the check: try the next name
+            write_new(stem + ".csv", table)
+        except FileExistsError:  # a lone CSV of that name: keep the pair together elsewhere
+            os.unlink(stem + ".png")
             continue
-        with open(stem + ".csv", "x") as handle:
-            handle.write(timeline_csv(record))
+        except BaseException:
+            os.unlink(stem + ".png")
+            raise
         return stem
     raise FileExistsError(f"{base}-*.png: no free name left")
+
+
+def write_new(path: str, content: Union[str, bytes]) -> None:
+    """Create ``path`` holding ``content``, whole or not at all; FileExistsError if the name is
+    taken (by anything, a dangling symbolic link included)."""
+    data = content.encode("utf-8") if isinstance(content, str) else content
+    folder = os.path.dirname(os.path.abspath(path))
+    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".kmem-", suffix=".part")
+    try:
+        os.fchmod(handle, 0o666 & ~_UMASK)  # as open() would have made it, not mkstemp's 0600
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        try:
+            os.link(temporary, path)
+        except OSError as error:  # FileExistsError included: the name is taken
+            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                   errno.EMLINK):
+                raise
+            _write_exclusive(path, data)  # a filesystem without hard links
+    finally:
+        os.unlink(temporary)
+
+
+def _write_exclusive(path: str, data: bytes) -> None:
+    """The fallback: create exclusively, never following a link; remove what a failure left."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    handle = os.open(path, flags, 0o666)
+    try:
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+    except BaseException:
+        os.unlink(path)
+        raise
 
 
 def _blank(value) -> str:

@@ -134,9 +134,10 @@ def status(configurator: Any) -> str:
     devices = _nvml.devices()
     if not devices:
         lines.append(f"no GPU: {_nvml.unavailable_reason()}")
+    held = [b.in_use() for b in backends.started()]
     for device in devices:
         used = _nvml.memory_used(device)
-        mine, why = _nvml.process_used(device)
+        mine, why = _nvml.process_used(device, ours=sum(h.get(device.index) or 0 for h in held))
         lines.append(
             f"GPU {device.index}: {device.name} {device.uuid} "
             f"used {format_bytes(used)} of {format_bytes(device.total_bytes)}, "
