@@ -15,21 +15,22 @@ import argparse
 import dataclasses
 import os
 import traceback
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
-from . import _cell, advise, backends, show
+from . import _cell
 from ._interrupts import held
-from .measure import Measurement, measure_now
 from .policy import Configurator, Policy
-from .record import CellRecord, Suggestion
-from .show import export, text
-from .show.panel import Actions, Panel, widgets_available
 from .sizes import parse_limit
+
+if TYPE_CHECKING:  # imported where used: %load_ext needs only the policy (and stays fast)
+    from .measure import Measurement
+    from .record import CellRecord, Suggestion
+    from .show.panel import Panel
 
 COMMANDS = ("status", "history", "export")
 LIVE_PANELS = 20  # panels that keep their widget (and buttons); older ones become static
@@ -201,6 +202,8 @@ class GpuMem(Magics):
             raise UsageError(f"%gpumem: unexpected argument {args.path!r}")
         if policy is not None:
             self.configurator.apply(policy)
+        from .show import text
+
         if args.command == "history":
             print(text.history_table(self.history))
         elif args.command == "export":
@@ -281,6 +284,8 @@ class GpuMem(Magics):
                cell: str) -> Optional[Measurement]:
         """The started measurement of this cell, None if kmem could not start one (the cell
         then runs unmeasured: a kmem fault never costs the cell)."""
+        from .measure import Measurement
+
         try:
             return Measurement(policy=str(policy), limit=policy.limit, interval_s=interval,
                                execution_count=number, source=cell).start()
@@ -291,6 +296,9 @@ class GpuMem(Magics):
     def _panel(self, policy: Policy, number: Optional[int], interval: float, args,
                measurement: Optional[Measurement]) -> Optional[Panel]:
         """The panel, shown now if live, where the frontend shows widgets (else None)."""
+        from .measure import measure_now
+        from .show.panel import Actions, Panel, widgets_available
+
         if measurement is None or args.quiet or not widgets_available(self.shell):
             return None
         try:
@@ -326,6 +334,8 @@ class GpuMem(Magics):
         del self.history[:-self.history_size]  # history_size is at least 1 (validated)
         if args.output:
             self.shell.user_ns[args.output] = record
+        from . import show
+
         show.report(record, panel, quiet=args.quiet)
         if panel is not None:
             self._keep_live(panel)
@@ -348,6 +358,8 @@ class GpuMem(Magics):
 
     def _suggest(self, record: CellRecord, value: Any) -> List[Suggestion]:
         """The suggestions for ``record``; a failure here must never hide the cell's result."""
+        from . import advise
+
         try:
             return list(advise.suggest(record, self.history, self.shell.user_ns, value))
         except Exception as error:
@@ -377,6 +389,8 @@ class GpuMem(Magics):
         return number if number is not None else getattr(self.shell, "execution_count", None)
 
     def _export(self, path: str) -> str:
+        from .show import export
+
         try:
             return export.export(self.history, os.path.expanduser(path))
         except FileExistsError:
@@ -400,6 +414,8 @@ def _say(panel: Optional[Panel], message: str) -> None:
 def _is_oom(error: BaseException) -> bool:
     """Whether the cell's error is out of memory; never raises (an exception whose ``str``
     fails must stay the user's own)."""
+    from . import backends
+
     try:
         return backends.is_oom(error)
     except Exception:

@@ -123,9 +123,11 @@ class Configurator:
         self.hooks.install()
         self.policy = policy
         self._setup = _Setup(self.env, self.hooks)
-        devices = _nvml.devices()
+        # Only a limit needs the GPUs (a percentage of each one's memory); growth asks NVML
+        # nothing, which keeps %load_ext fast. The cells and %gpumem status say "no GPU".
+        devices = _nvml.devices() if policy.limit is not None else []
         self.reports = [backend.configure(policy, self._setup, devices) for backend in BACKENDS]
-        gpu_note = _nvml.unavailable_reason()
+        gpu_note = _nvml.unavailable_reason() if policy.limit is not None else None
         lines = [f"kmem_magic: policy {policy}" + (f" (no GPU: {gpu_note})" if gpu_note else "")]
         lines += [str(report) for report in self.reports]
         self._printer("\n".join(lines))
