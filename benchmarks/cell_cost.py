@@ -8,6 +8,8 @@ order, for ``--rounds`` rounds. Each arm's cost is the median over rounds of (ar
 same round, with its interquartile range. The time is the frontend's: execute request sent to
 the kernel's "idle" received (what "Run" feels like). Also printed:
 
+* the same cost in steady state (20 live panels, older ones retired), with an empty namespace
+  and with 100,000 names in it;
 * the first ``%%gpumem`` cell after ``%load_ext`` and ``%load_ext`` itself, each in fresh kernels;
 * the live panel's traffic during a 5 s cell (comm messages to the browser, bytes a second);
 * widget models alive in the kernel after all rounds.
@@ -18,9 +20,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 from kernel_client import Kernel  # noqa: E402
 
 BODY = "x = 1"
@@ -67,6 +71,28 @@ def per_cell(rounds: int) -> None:
     print(f"widget models alive after {rounds * len(names)} cells: {models}")
 
 
+def namespace(rounds: int, names: int = 100_000) -> None:
+    """The same costs with ``names`` variables in the user's namespace (``%%time`` shows what
+    IPython itself pays for a cell magic there)."""
+    costs = {}
+    with Kernel() as kernel:
+        kernel.run("%load_ext kmem_magic")
+        for size in ("empty namespace", f"{names:,} names"):
+            if size != "empty namespace":
+                kernel.run(f"for _i in range({names}): globals()[f'v{{_i}}'] = _i")
+            for _ in range(25):  # steady state: 20 live panels, older ones retired
+                kernel.run(f"%%gpumem\n{BODY}")
+            for arm in ("%%time", "%%gpumem"):
+                cost = []
+                for r in range(rounds):
+                    bare = kernel.run(BODY).seconds
+                    cost.append(kernel.run(f"{arm}\n{BODY}", cell_id=f"n{r}").seconds - bare)
+                costs[f"{arm}, {size}"] = quartiles(cost)
+    print("\nover bare, after 25 cells (20 live panels, older ones retired):")
+    for label, (median, low, high) in costs.items():
+        print(f"  {label:<28} {median * 1e3:6.2f} ms (IQR {low * 1e3:.2f}..{high * 1e3:.2f})")
+
+
 def first_cell(kernels: int) -> None:
     loads, firsts = [], []
     for _ in range(kernels):
@@ -96,11 +122,15 @@ def traffic(seconds: float = 5.0) -> None:
 
 
 def main() -> None:
+    # as pip leaves an installed package: compiled (this sandbox sets PYTHONDONTWRITEBYTECODE)
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(ROOT, "kmem_magic")],
+                   check=True)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=21)
     parser.add_argument("--kernels", type=int, default=5)
     args = parser.parse_args()
     per_cell(args.rounds)
+    namespace(args.rounds)
     first_cell(args.kernels)
     traffic()
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from IPython.core import magic_arguments
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
 from . import _cell
@@ -227,6 +227,7 @@ class GpuMem(Magics):
         help="after the cell, run its training a few steps under the current dtype policy and "
         "under POLICY, on clones of your models, and report the measured saving")
     @cell_magic("gpumem")
+    @no_var_expand  # options are read as written; expanding $names would copy the namespace
     def gpumem_cell(self, line: str, cell: str) -> Any:
         """Run the cell exactly as without the magic and show its GPU and host memory: the
         peak per source, what the cell left behind, and suggestions backed by the numbers."""

@@ -244,3 +244,24 @@ def test_memory_callback_reads_the_gpu_allocator_at_every_batch(fresh):
     assert None not in allocator and min(allocator) >= 3 * result["weights"]
     assert max(allocator) <= result["alloc_peak"], "no row above the cell's exact peak"
     assert None not in device and all(d >= a for d, a in zip(device, allocator))
+
+
+def test_on_a_real_gpu_the_edge_readings_beat_their_deadline_and_nothing_is_unknown(fresh):
+    # The readings at a cell's edges (NVML, the per-process table, the allocator's counters)
+    # are waited for at most 25 ms: on a healthy GPU they must always make it.
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        f"cell({START[BACKEND]!r})",
+        "import time",
+        "edges = []",
+        "for n in range(20):",
+        "    t = time.perf_counter()",
+        "    cell('%%gpumem --quiet\\ny = 1')",
+        "    edges.append(time.perf_counter() - t)",
+        "RESULT['faults'] = [f for r in kmem_magic.history(ip) for f in r.faults]",
+        "RESULT['unknown'] = [r.name for r in kmem_magic.history(ip)"
+        " if r.gpu[0].after.get('device') is None or r.peak(BACKEND_NAME, 0).bytes is None]",
+        "RESULT['median_ms'] = sorted(edges)[10] * 1e3",
+    ))
+    print(f"a trivial measured cell: {result['median_ms']:.1f} ms (median of 20)")
+    assert result["faults"] == [] and result["unknown"] == []

@@ -22,11 +22,9 @@ def suggest(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[s
     shown: Dict[str, Any] = {}
     if value is not None:
         shown[f"Out[{record.execution_count}]"] = value
-    weights, optimizer = keras_state(namespace)
     context = Context(
         live_objects=lambda: scan({**shown, **namespace}, getattr(sys, "last_traceback", None)),
-        dtype_policy=keras_dtype_policy(), keras_weights_bytes=weights,
-        keras_optimizer_bytes=optimizer)
+        dtype_policy=keras_dtype_policy(), keras_state=lambda: keras_state(namespace))
     return tuple(advise(record, history, context))
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import backends
 from ..plan.finder import fit_line
@@ -22,12 +22,15 @@ from .holders import LiveObject
 
 @dataclass
 class Context:
-    """What the rules may know beside the records; ``live`` is computed only when asked."""
+    """What the rules may know beside the records. What costs a walk over the user's namespace
+    (``live``, and the Keras sizes when ``keras_state`` is given) is computed only when a rule
+    asks, so that a cell no rule fires on pays nothing for a large namespace."""
 
     live_objects: Callable[[], List[LiveObject]] = list
     dtype_policy: Optional[str] = None
     keras_weights_bytes: int = 0
     keras_optimizer_bytes: int = 0
+    keras_state: Optional[Callable[[], Tuple[int, int]]] = field(default=None, repr=False)
     _live: Optional[List[LiveObject]] = field(default=None, repr=False)
 
     @property
@@ -35,6 +38,13 @@ class Context:
         if self._live is None:
             self._live = list(self.live_objects())
         return self._live
+
+    def keras(self) -> Tuple[int, int]:
+        """Bytes of the Keras models' weights and of their optimizer state."""
+        if self.keras_state is not None:
+            self.keras_weights_bytes, self.keras_optimizer_bytes = self.keras_state()
+            self.keras_state = None
+        return self.keras_weights_bytes, self.keras_optimizer_bytes
 
 
 # --------------------------------------------------------------------------- helpers
@@ -198,13 +208,16 @@ def other_processes(record: CellRecord, history: Sequence[CellRecord], ctx: Cont
 
 def mixed_precision(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
     """A float32 model whose activations dominate the peak: mixed precision halves them."""
-    if ctx.dtype_policy != "float32" or not ctx.keras_weights_bytes:
+    if ctx.dtype_policy != "float32":
         return None
     for device in record.devices:
         alloc = _allocator(record, device.index)
         if alloc is None or not alloc[2]:
             continue
-        fixed = 2 * ctx.keras_weights_bytes + ctx.keras_optimizer_bytes  # weights, grads, slots
+        weights, slots = ctx.keras()
+        if not weights:
+            return None
+        fixed = 2 * weights + slots  # weights, gradients, optimizer slots
         activations = alloc[1] - fixed
         # Small activations are mostly XLA/cuDNN workspace, which the dtype hardly changes.
         if activations < max(256 * MiB, 0.5 * alloc[1]):
