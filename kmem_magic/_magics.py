@@ -22,7 +22,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
-from . import _cell
+from . import _cell, _nvml
 from ._interrupts import held
 from .policy import Configurator, Policy
 from .sizes import parse_limit
@@ -160,6 +160,7 @@ class GpuMem(Magics):
         """Apply the default policy (called by ``%load_ext kmem_magic``)."""
         self.configurator.apply(self.default_policy())
         self._loaded = True
+        _nvml.warm_up()  # in the background: the first cell need not wait for NVML to start
 
     def unload(self) -> None:
         """Undo the policy's variables and hooks (called by ``%unload_ext``); idempotent."""

@@ -26,6 +26,7 @@ _reason: Optional[str] = None
 _devices: Optional[List[Device]] = None
 _handles: Dict[str, Any] = {}  # NVML's handle of each visible device, by UUID
 _order_note: Optional[str] = None
+_warming: Optional[threading.Thread] = None
 
 
 def _load() -> Any:
@@ -57,6 +58,22 @@ def _load() -> Any:
         else:
             _nvml = pynvml
         return _nvml
+
+
+def ready() -> bool:
+    """Whether NVML has started (or failed to) and the devices are known: from then on a
+    query costs microseconds, where the first one costs about 0.1 s (loading the library)."""
+    return _devices is not None or _reason is not None
+
+
+def warm_up() -> None:
+    """Start NVML in a short-lived background thread (``kmem-nvml-start``), so that the first
+    measured cell does not wait for it; does nothing once it has started or is starting."""
+    global _warming
+    if ready() or _warming is not None:
+        return
+    _warming = threading.Thread(target=devices, name="kmem-nvml-start", daemon=True)
+    _warming.start()
 
 
 def unavailable_reason() -> Optional[str]:
@@ -251,7 +268,9 @@ def process_used(
 
 def reset_for_tests() -> None:
     """Forget the cached state so that a test can present different (fake) hardware."""
-    global _nvml, _reason, _devices, _order_note
+    global _nvml, _reason, _devices, _order_note, _warming
+    if _warming is not None:
+        _warming.join()
     with _lock:
-        _nvml, _reason, _devices, _order_note = None, None, None, None
+        _nvml, _reason, _devices, _order_note, _warming = None, None, None, None, None
         _handles.clear()

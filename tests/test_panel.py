@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("anywidget")
 
-from kmem_magic import _nvml  # noqa: E402
+from kmem_magic import _host, _nvml  # noqa: E402
 from kmem_magic.measure import Measurement  # noqa: E402
 from kmem_magic.measure.cell import limited  # noqa: E402
 from kmem_magic.record import Suggestion  # noqa: E402
@@ -26,7 +26,9 @@ def measured(fake_nvml, seconds=0.3, refresh_s=0.05):
     sent = []
     panel.widget.send = sent.append  # the comm to the browser: what it would receive
     m = Measurement(interval_s=0.02, on_sample=panel.on_sample).start()
-    block = bytearray(50 * 2**20)
+    # a new high for the process, so that the host peak is exact (the kernel's high-water mark)
+    block = bytearray(_host.peak() - _host.host_rss() + 50 * 2**20)
+    block[::4096] = b"x" * len(block[::4096])
     time.sleep(seconds)
     del block
     return panel, m.finish(), sent

@@ -41,6 +41,7 @@ from ..sizes import Limit
 from .sampler import Sampler, guarded
 
 DEADLINE_S = 0.025  # the most each edge of a cell waits for its readings
+FIRST_DEADLINE_S = 2.0  # the first time: NVML starts (loads its library) once per process
 
 
 @dataclasses.dataclass
@@ -97,10 +98,13 @@ class Measurement:
         self.sampler = Sampler([], backends.BACKENDS, self.interval_s,
                                on_sample=self._on_sample, before=self._read_start,
                                after=self._read_end)
-        if not self.sampler.start(self.deadline_s):
+        deadline = self.deadline_s
+        if deadline is not None and not _nvml.ready():
+            deadline = max(deadline, FIRST_DEADLINE_S)
+        if not self.sampler.start(deadline):
             self._late_start = True
             self.faults.append(f"the readings before the cell took longer than "
-                               f"{self._deadline_ms()} (NVML or a framework counter is slow): "
+                               f"{deadline * 1000:.0f} ms (NVML or a framework counter is slow): "
                                "the figures from before the cell are unknown")
         elif self._start is not None:
             self.devices = self._start.devices
