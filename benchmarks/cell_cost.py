@@ -4,8 +4,9 @@
 
 A trivial cell (``x = 1``) runs bare, under ``%%time``, under ``%%gpumem`` (default, ``--no-live``,
 ``--quiet``) and, where memory_profiler is installed, under ``%%memit``: interleaved, in rotating
-order, for ``--rounds`` rounds. Each arm's cost is the median over rounds of (arm - bare) in the
-same round, with its interquartile range. The time is the frontend's: execute request sent to
+order, for ``--rounds`` rounds; ipython_memory_usage and ipyexperiments, which hook every cell,
+each run in a kernel of their own beside a bare one. Each arm's cost is the median over rounds
+of (arm - bare) in the same round, with its interquartile range. The time is the frontend's: execute request sent to
 the kernel's "idle" received (what "Run" feels like). Also printed:
 
 * the same cost in steady state (20 live panels, older ones retired), with an empty namespace
@@ -71,6 +72,36 @@ def per_cell(rounds: int) -> None:
     print(f"widget models alive after {rounds * len(names)} cells: {models}")
 
 
+PEERS = {  # tools that measure every cell once started: one kernel each, beside a bare one
+    "ipython_memory_usage": ["%load_ext ipython_memory_usage", "%imu_start"],
+    "ipyexperiments": ["from ipyexperiments import IPyExperimentsCPU",
+                       "exp = IPyExperimentsCPU()"],
+}
+
+
+def peers(rounds: int) -> None:
+    """Peers that hook every cell, where they are installed, each against a bare kernel in
+    the same round (a cell's cost there is the same trivial cell's, bare vs hooked)."""
+    found = {}
+    with Kernel() as bare:
+        for name, setup in PEERS.items():
+            with Kernel() as hooked:
+                results = [hooked.run(line).result or "" for line in setup]
+                if any(result.endswith("Error") for result in results):
+                    print(f"  {name}: not installed here, skipped")
+                    continue
+                for _ in range(3):
+                    hooked.run(BODY), bare.run(BODY)
+                cost = []
+                for _ in range(rounds):
+                    cost.append(hooked.run(BODY).seconds - bare.run(BODY).seconds)
+                found[name] = quartiles(cost)
+    if found:
+        print("\npeers that hook every cell (hooked kernel - bare kernel, same round):")
+    for name, (median, low, high) in found.items():
+        print(f"  {name:<22} {median * 1e3:7.2f} ms (IQR {low * 1e3:.2f}..{high * 1e3:.2f})")
+
+
 def namespace(rounds: int, names: int = 100_000) -> None:
     """The same costs with ``names`` variables in the user's namespace (``%%time`` shows what
     IPython itself pays for a cell magic there)."""
@@ -130,6 +161,7 @@ def main() -> None:
     parser.add_argument("--kernels", type=int, default=5)
     args = parser.parse_args()
     per_cell(args.rounds)
+    peers(args.rounds)
     namespace(args.rounds)
     first_cell(args.kernels)
     traffic()

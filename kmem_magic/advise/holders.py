@@ -40,7 +40,8 @@ def _keras_split(model: Any) -> Tuple[int, int]:
 
 
 def measure(value: Any) -> Optional[Tuple[str, int]]:
-    """``(kind, bytes)`` for a value that holds framework or array memory, else None."""
+    """``(kind, bytes)`` for a value that itself holds framework or array memory, else None
+    (containers are :func:`scan`'s business)."""
     keras = loaded("keras")
     if keras is not None and isinstance(value, keras.layers.Layer):
         return f"Keras {type(value).__name__}", sum(_keras_split(value))
@@ -54,61 +55,142 @@ def measure(value: Any) -> Optional[Tuple[str, int]]:
         return "numpy array (host)", int(value.nbytes)
     if isinstance(value, (bytes, bytearray)):
         return f"{type(value).__name__} (host)", len(value)
-    if isinstance(value, (list, tuple)) and value and len(value) <= 10_000:
-        sizes = [measure(item) for item in value[:10_000]]
-        total = sum(size[1] for size in sizes if size)
-        if total:
-            kinds = {size[0] for size in sizes if size}
-            return f"{type(value).__name__} of {len(value)} ({', '.join(sorted(kinds))})", total
     return None
 
 
-def _skip(name: str, value: Any) -> bool:
-    if name.startswith("_") and name not in ("_", "__", "___"):
-        return True
-    return isinstance(value, (types.ModuleType, types.FunctionType, type))
+# Values that never hold memory worth naming, by exact type: most of a namespace, skipped at
+# the cost of one dictionary lookup each.
+_ATOMIC = frozenset({int, float, complex, bool, str, type(None), range, slice,
+                     types.FunctionType, types.BuiltinFunctionType, types.MethodType,
+                     types.ModuleType, type})
+_CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
+MAX_DEPTH = 3  # a namespace entry, its items, their items: where users keep their arrays
+MAX_VISITS = 200_000  # values looked at in one scan; beyond, the scan says it stopped early
+
+
+class _Walk:
+    """One scan's state: values seen (each counted once), values visited, whether it was cut."""
+
+    def __init__(self) -> None:
+        self.seen: set = set()
+        self.visits = 0
+        self.cut = False
+        # what measure() can size, as one isinstance: everything else is walked or skipped
+        keras, numpy = loaded("keras"), sys.modules.get("numpy")
+        self.measurable = (bytes, bytearray) + backends.tensor_types() + (
+            (numpy.ndarray,) if numpy is not None else ()) + (
+            (keras.layers.Layer, keras.Variable) if keras is not None else ())
+
+    def holder(self, name: str, value: Any, depth: int = 1) -> Optional[LiveObject]:
+        """``value`` as a holder named ``name``: measured itself, or through what it holds."""
+        size, kinds, itself = self.held(value, depth)
+        if not size:
+            return None
+        if itself:
+            kind = next(iter(kinds))
+        elif isinstance(value, (list, tuple, set, frozenset, dict)):
+            kind = f"{type(value).__name__} of {len(value)} ({', '.join(sorted(kinds))})"
+        else:
+            kind = f"{type(value).__name__} holding {', '.join(sorted(kinds))}"
+        return LiveObject(name, kind, size)
+
+    def held(self, value: Any, depth: int) -> Tuple[int, set, bool]:
+        """Bytes ``value`` holds, itself or through its items and attributes down to
+        :data:`MAX_DEPTH`; the kinds found; whether it was measured itself."""
+        kind = type(value)
+        if kind in _ATOMIC or id(value) in self.seen:
+            return _NOTHING
+        self.seen.add(id(value))
+        self.visits += 1
+        if self.visits > MAX_VISITS:
+            self.cut = True
+            return _NOTHING
+        if kind is list or kind is tuple:
+            items = value[:10_000]
+        elif kind is dict:
+            items = list(value.values())
+        elif isinstance(value, self.measurable):
+            try:
+                measured = measure(value)
+            except Exception:  # a half-built or exotic object: skip it, never fail the cell
+                return _NOTHING
+            return (measured[1], {measured[0]}, True) if measured else _NOTHING
+        else:
+            items = _children(value)
+        if depth >= MAX_DEPTH:
+            return _NOTHING
+        total, kinds = 0, set()
+        for child in items:
+            if type(child) in _ATOMIC:  # inline: most items are numbers and strings
+                continue
+            size, found, _ = self.held(child, depth + 1)
+            if size:
+                total += size
+                kinds |= found
+        return (total, kinds, False) if total else _NOTHING
+
+
+_NOTHING: Tuple[int, set, bool] = (0, frozenset(), False)
+
+
+def _children(value: Any) -> List[Any]:
+    """The items of a container, or the attributes of a user's own object."""
+    try:
+        if type(value) is list:
+            return value[:10_000]
+        if isinstance(value, dict):
+            return list(value.values())
+        if isinstance(value, (list, tuple, set, frozenset)):
+            return list(value)[:10_000]
+        attributes = getattr(value, "__dict__", None)
+        if isinstance(attributes, dict) and not isinstance(value, type):
+            return list(attributes.values())
+    except Exception:
+        pass
+    return []
+
+
+def _skip(name: str) -> bool:
+    return name[:1] == "_" and name not in ("_", "__", "___")
 
 
 def scan(namespace: Dict[str, Any], traceback: Any = None,
          min_bytes: int = MIN_BYTES, limit: int = 8) -> List[LiveObject]:
     """The largest holders of memory in ``namespace`` (and its ``Out``), and the frames of
-    ``traceback``, largest first. Each object is counted once, under its first name."""
+    ``traceback``, largest first. A holder is a name: what it holds is counted through dicts,
+    lists and attributes of the user's objects down to :data:`MAX_DEPTH`, each object once,
+    under its first name. Bounded: at most :data:`MAX_VISITS` values are looked at (then the
+    last entry says the scan stopped early), and a namespace of plain numbers and strings
+    costs one lookup a name."""
     found: List[LiveObject] = []
-    seen = set()
+    walk = _Walk()
 
     def consider(name: str, value: Any) -> None:
-        if id(value) in seen:
-            return
-        try:
-            measured = measure(value)
-        except Exception:  # a half-built or exotic object: skip it, never fail the cell
-            return
-        if measured and measured[1] >= min_bytes:
-            seen.add(id(value))
-            found.append(LiveObject(name, measured[0], measured[1]))
+        holder = walk.holder(name, value)
+        if holder is not None and holder.bytes >= min_bytes:
+            found.append(holder)
 
     for name, value in list(namespace.items()):
+        if type(value) in _ATOMIC or _skip(name):
+            continue
         if name == "Out" and isinstance(value, dict):
             for number, shown in list(value.items()):
                 consider(f"Out[{number}]", shown)
-        elif not _skip(name, value):
+        else:
             consider(name, value)
     if traceback is not None:
         held = 0
         while traceback is not None:
             for value in list(traceback.tb_frame.f_locals.values()):
-                try:
-                    measured = measure(value)
-                except Exception:
-                    measured = None
-                if measured and id(value) not in seen:
-                    seen.add(id(value))
-                    held += measured[1]
+                held += walk.held(value, 2)[0]
             traceback = traceback.tb_next
         if held >= min_bytes:
             found.append(LiveObject("the last traceback", "locals of the failed cell's frames",
                                     held))
     found.sort(key=lambda o: o.bytes, reverse=True)
+    if walk.cut:
+        found = found[:limit - 1] + [LiveObject(
+            "(scan stopped early)", f"more than {MAX_VISITS:,} values in the namespace", 0)]
     return found[:limit]
 
 

@@ -60,6 +60,12 @@ def sizeof(value: Any) -> Optional[Tuple[str, int]]:
     return None
 
 
+def tensor_types() -> tuple:
+    """The tensor classes of every framework imported so far (for a fast ``isinstance``)."""
+    return tuple(t for backend in BACKENDS if backend.is_imported()
+                 for t in backend.tensor_types())
+
+
 def label(source: str) -> str:
     """The human name of a source: ``jax allocator``, ``device used (NVML)``, ``host RSS``."""
     backend = by_name(source)
@@ -73,4 +79,4 @@ def color(source: str) -> str:
 
 
 __all__ = ["BACKENDS", "NAMES", "Backend", "Report", "Setup", "by_name", "color",
-           "is_oom", "keras_backend", "label", "loaded", "sizeof", "started"]
+           "is_oom", "keras_backend", "label", "loaded", "sizeof", "started", "tensor_types"]

@@ -143,6 +143,10 @@ class Backend:
     def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
         return None
 
+    def tensor_types(self) -> tuple:
+        """The classes whose instances :meth:`sizeof` measures (empty until imported)."""
+        return ()
+
     def step_bytes(self, model: Any, x: Any, y: Any) -> Optional[int]:
         return None
 

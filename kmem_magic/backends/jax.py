@@ -113,6 +113,10 @@ class Jax(Backend):
         limit = self.stats().get(index, {}).get("bytes_limit")
         return int(limit) if limit else None
 
+    def tensor_types(self) -> tuple:
+        jax = loaded("jax")
+        return (jax.Array,) if jax is not None else ()
+
     def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
         jax = loaded("jax")
         if jax is not None and isinstance(value, jax.Array):

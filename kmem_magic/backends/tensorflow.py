@@ -143,6 +143,10 @@ class TensorFlow(Backend):
             peaks[index] = Peak(peak, True, note)
         return peaks
 
+    def tensor_types(self) -> tuple:
+        tf = loaded("tensorflow")
+        return (tf.Tensor, tf.Variable) if tf is not None else ()
+
     def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
         tf = loaded("tensorflow")
         if tf is not None and isinstance(value, (tf.Tensor, tf.Variable)):

@@ -143,6 +143,10 @@ class Torch(Backend):
 
         return int(torch.cuda.memory_reserved(index))
 
+    def tensor_types(self) -> tuple:
+        torch = loaded("torch")
+        return (torch.Tensor,) if torch is not None else ()
+
     def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
         torch = loaded("torch")
         if torch is not None and isinstance(value, torch.Tensor):
