@@ -6,8 +6,8 @@ A trivial cell (``x = 1``) runs bare, under ``%%time``, under ``%%gpumem`` (defa
 ``--quiet``) and, where memory_profiler is installed, under ``%%memit``: interleaved, in rotating
 order, for ``--rounds`` rounds; ipython_memory_usage and ipyexperiments, which hook every cell,
 each run in a kernel of their own beside a bare one. Each arm's cost is the median over rounds
-of (arm - bare) in the same round, with its interquartile range. The time is the frontend's: execute request sent to
-the kernel's "idle" received (what "Run" feels like). Also printed:
+of (arm - bare) in the same round, with its interquartile range. The time is the frontend's:
+execute request sent to the kernel's "idle" received (what "Run" feels like). Also printed:
 
 * the same cost in steady state (20 live panels, older ones retired), with an empty namespace
   and with 100,000 names in it;

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import io
+import os
 import tokenize
 from typing import Any, Dict, NamedTuple, Optional
 
@@ -28,10 +29,12 @@ def _parses_with_top_level_await(source: str) -> bool:
 
 
 class Code(NamedTuple):
-    """A compiled cell: its statements and its last expression (each None when absent)."""
+    """A compiled cell: its statements and its last expression (each None when absent), and the
+    name its source is cached under (what its frames' tracebacks show)."""
 
     body: Optional[Any]
     expr: Optional[Any]
+    filename: str = ""
 
 
 def ends_with_semicolon(source: str) -> bool:
@@ -45,13 +48,22 @@ def ends_with_semicolon(source: str) -> bool:
     return last is not None and last.type == tokenize.OP and last.string == ";"
 
 
+def cell_number(shell: Any) -> Optional[int]:
+    """The In[] number of the running cell (IPython 7 and 9 count at different moments: 9 has
+    already advanced ``execution_count`` while the cell runs)."""
+    running = getattr(shell.displayhook, "exec_result", None)
+    number = getattr(running, "execution_count", None)
+    return number if number is not None else getattr(shell, "execution_count", None)
+
+
 def compile_cell(shell: Any, line: str, cell: str) -> Code:
     """Transform and compile ``cell`` (run as ``%%gpumem line``) with ``shell``'s transformers
     and AST transformers, splitting off a last expression; raises SyntaxError as IPython does."""
     source = shell.transform_cell(cell)
-    # Cache "%%gpumem ..." plus the body so tracebacks show the user's lines, numbered as
-    # in the notebook cell (the body starts on line 2).
-    filename = shell.compile.cache(f"%%gpumem {line}\n{source}", shell.execution_count)
+    # Cache the magic's line (as a comment, so that the source parses and tracebacks show the
+    # same frames as the bare cell's) plus the body: the user's lines, numbered as in the
+    # notebook cell (the body starts on line 2).
+    filename = shell.compile.cache(f"# %%gpumem {line}\n{source}", cell_number(shell))
     try:
         tree = shell.transform_ast(shell.compile.ast_parse("\n" + source, filename=filename))
         last = None
@@ -65,7 +77,60 @@ def compile_cell(shell: Any, line: str, cell: str) -> Code:
                                 "awaited code in a cell of its own, or measure a synchronous "
                                 "call") from None
         raise
-    return Code(body, expr)
+    return Code(body, expr, filename)
+
+
+def release_after_traceback(shell: Any, error: BaseException) -> None:
+    """Clear the locals of the frames ``error`` went through (the user's, not kmem's) once
+    IPython has shown its traceback: the traceback reads as the bare cell's, and the tensors a
+    failed cell's frames held (an out-of-memory error's batch, activations) are released before
+    the next cell, which ``sys.last_traceback`` would otherwise keep alive."""
+    def release(*_args) -> None:
+        shell.events.unregister("post_run_cell", release)
+        tb = error.__traceback__
+        while tb is not None:
+            if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+                try:
+                    tb.tb_frame.clear()
+                    # Before Python 3.13, showing the traceback left a snapshot of the locals in
+                    # the frame's f_locals: reading it again re-syncs it with the cleared frame.
+                    tb.tb_frame.f_locals
+                except RuntimeError:  # still running (a caller of the cell): nothing to free
+                    pass
+            tb = tb.tb_next
+
+    shell.events.register("post_run_cell", release)
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def traceback_from_body(shell: Any, code: Code) -> None:
+    """Have IPython show the error that is leaving the cell from the cell's own body down, as
+    it shows the bare cell's: without the ``run_cell_magic`` line and kmem's hidden frames.
+
+    Done through IPython's custom exception hook for this one error (then removed again), and
+    only where the user has set no hook of their own."""
+    if shell.custom_exceptions:
+        return
+
+    def show(self, etype, value, tb, tb_offset=None):
+        self.set_custom_exc((), None)
+        start = tb
+        while start is not None and start.tb_frame.f_code.co_filename != code.filename:
+            start = start.tb_next
+        self.showtraceback((etype, value, start or tb), tb_offset=0)
+        return []
+
+    shell.set_custom_exc((BaseException,), show)
+    ours = shell.CustomTB.__func__
+
+    def remove(*_args) -> None:  # should the error not reach IPython's run_code
+        shell.events.unregister("post_run_cell", remove)
+        if getattr(shell.CustomTB, "__func__", None) is ours:
+            shell.set_custom_exc((), None)
+
+    shell.events.register("post_run_cell", remove)
 
 
 def run(code: Code, namespace: Dict[str, Any]) -> Any:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import traceback
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from IPython.core import magic_arguments
@@ -254,7 +253,7 @@ class GpuMem(Magics):
         __tracebackhide__ = True  # noqa: F841
         policy = self.configurator.policy or self.default_policy()
         interval = args.interval or self.interval
-        number = self._cell_number()
+        number = _cell.cell_number(self.shell)
         # kmem's own work before and after the body is never cut short by an interrupt: one
         # that arrives before stops the cell before its body runs, one after is reported and
         # the body's result kept.
@@ -270,10 +269,11 @@ class GpuMem(Magics):
             return value
         except BaseException as raised:
             error = raised
+            _cell.traceback_from_body(self.shell, code)
             if _is_oom(raised):
                 # Out of memory: the failed frames' locals (batches, activations) would keep the
-                # memory alive through sys.last_traceback. Release them; the text stays.
-                traceback.clear_frames(raised.__traceback__)
+                # memory alive through sys.last_traceback; released once it has been shown.
+                _cell.release_after_traceback(self.shell, raised)
             raise
         finally:
             with held() as late:
@@ -383,12 +383,6 @@ class GpuMem(Magics):
             return []
         print(line)
         return [suggestion] if suggestion is not None else []
-
-    def _cell_number(self) -> Optional[int]:
-        """The In[] number of the running cell (IPython 7 and 9 count at different moments)."""
-        running = getattr(self.shell.displayhook, "exec_result", None)
-        number = getattr(running, "execution_count", None)
-        return number if number is not None else getattr(self.shell, "execution_count", None)
 
     def _export(self, path: str) -> str:
         from .show import export

@@ -22,4 +22,6 @@ make_venv .venv -e ".[test,cpu]" jax "torch==2.13.0" jupyterlab playwright
 echo "== Colab's IPython 7.34 and ipykernel 6.17.1: the core tests"
 make_venv .venv-ipython7 -e ".[test]" "ipython==7.34.0" "ipykernel==6.17.1" jax
 .venv-ipython7/bin/python -m pytest -m "not tensorflow" \
-  tests/test_magic.py tests/test_policy.py tests/test_nvml.py tests/test_sizes.py tests/test_layout.py tests/test_notebook.py "$@"
+  tests/test_magic.py tests/test_policy.py tests/test_nvml.py tests/test_sizes.py tests/test_layout.py \
+  tests/test_notebook.py tests/test_hardening.py tests/test_files.py tests/test_interrupts.py \
+  tests/test_panel.py "$@"

@@ -296,3 +296,39 @@ def test_a_failure_inside_kmem_never_replaces_the_cells_own_outcome(ip, monkeypa
     calls.clear()
     result = run(ip, "%%gpumem\nraise KeyError('mine')")
     assert isinstance(result.error_in_exec, KeyError), "the user's error, not kmem's"
+
+
+def _traceback_of(ip, capsys, source):
+    result = run(ip, source)
+    out = capsys.readouterr().out
+    return result, "\n".join(line for line in out.splitlines()
+                             if not line.startswith("%%gpumem cell-"))
+
+
+def test_a_traceback_reads_as_the_bare_cells_with_its_own_number(ip, capsys):
+    body = "def f(a):\n    raise ValueError(a)\nf(3)"
+    bare, bare_tb = _traceback_of(ip, capsys, "# %%gpumem --quiet\n" + body)
+    magic, magic_tb = _traceback_of(ip, capsys, "%%gpumem --quiet\n" + body)
+    number = magic.execution_count
+    assert f"In[{number}]" in magic_tb or f"-{number}-" in magic_tb, magic_tb
+    strip = [line for line in bare_tb.splitlines() if "In[" not in line and "input-" not in line]
+    same = [line for line in magic_tb.splitlines() if "In[" not in line and "input-" not in line]
+    assert same == strip, "the same frames, lines and arguments as the bare cell"
+    assert "_cell.py" not in magic_tb and "_magics.py" not in magic_tb, "no kmem frame"
+
+
+@pytest.mark.tensorflow
+def test_after_out_of_memory_the_traceback_is_whole_and_the_frames_are_then_released(
+        ip, capsys):
+    tf = pytest.importorskip("tensorflow")
+    ip.user_ns["tf"] = tf
+    run(ip, "import weakref, numpy as np\nkept = []")
+    result = run(ip, "%%gpumem --quiet\ndef step(batch):\n    acts = np.ones(2**20)\n"
+                     "    kept.append(weakref.ref(acts))\n"
+                     "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating')\n"
+                     "step(7)")
+    out = capsys.readouterr().out
+    assert isinstance(result.error_in_exec, tf.errors.ResourceExhaustedError)
+    assert "Cell In[" in out and ", in step(batch)" in out, out
+    assert "failed resolving arguments" not in out and "_cell.py" not in out
+    assert ip.user_ns["kept"][0]() is None, "the failed frame's activations are released"

@@ -50,6 +50,28 @@ function storeOf(model) {
   return store;
 }
 
+// A long cell's live curve stays at most LIVE_POINTS points: each group of four readings keeps
+// its lowest and highest, so a redraw costs the same after an hour as after a minute.
+const LIVE_POINTS = 4000;
+
+function thin(series) {
+  const t = [], v = [];
+  for (let i = 0; i < series.t.length; i += 4) {
+    let lo = -1, hi = -1;
+    for (let j = i; j < Math.min(i + 4, series.t.length); j++) {
+      if (series.v[j] === null) continue;
+      if (lo < 0 || series.v[j] < series.v[lo]) lo = j;
+      if (hi < 0 || series.v[j] > series.v[hi]) hi = j;
+    }
+    for (const k of lo < 0 ? [] : lo === hi ? [lo] : [Math.min(lo, hi), Math.max(lo, hi)]) {
+      t.push(series.t[k]);
+      v.push(series.v[k]);
+    }
+  }
+  series.t = t;
+  series.v = v;
+}
+
 function initialize({ model }) {
   const store = storeOf(model);
   model.on("msg:custom", (msg) => {
@@ -62,6 +84,7 @@ function initialize({ model }) {
         series.t.push(t[i] / 1000);
         series.v.push(v[i] === null ? null : v[i] * 1024);
       }
+      if (series.t.length > LIVE_POINTS) thin(series);
     }
     store.elapsed = msg.elapsed_ms / 1000;
     for (const redraw of store.views) redraw();
