@@ -172,7 +172,7 @@ class GpuMem(Magics):
             self.configurator.apply(self.default_policy())
 
     # --------------------------------------------------------------------- the magics
-    @magic_arguments.magic_arguments()
+    @magic_arguments.magic_arguments(name="gpumem")
     @magic_arguments.argument(
         "command", nargs="?", choices=COMMANDS,
         help="'status': the policy, each backend and each GPU (the default without a policy "
@@ -184,8 +184,8 @@ class GpuMem(Magics):
     def gpumem_line(self, line: str = "") -> None:
         """Apply a memory policy to every Keras backend not started yet, or show kmem's state.
 
-        ``%gpumem --limit 4GiB`` caps every backend at 4 GiB per GPU; ``%gpumem status`` shows
-        the policy, the backends and the devices.
+        %gpumem --limit 4GiB caps every backend at 4 GiB per GPU; %gpumem status shows the
+        policy, the backends and the devices.
         """
         misplaced = [word for word in line.split() if word.split("=")[0] in CELL_ONLY]
         if misplaced:
@@ -211,11 +211,12 @@ class GpuMem(Magics):
         elif args.command == "status" or policy is None:
             print(text.status(self.configurator))
 
-    @magic_arguments.magic_arguments()
+    @magic_arguments.magic_arguments(name="%gpumem")
     @_policy_options
     @magic_arguments.argument_group("measuring")
     @magic_arguments.argument("--interval", type=_positive_seconds, metavar="SECONDS",
-                              help="seconds between two samples (default: GpuMem.interval)")
+                              help="seconds between two samples (default 0.1, or "
+                              "%%config GpuMem.interval)")
     @magic_arguments.argument("--quiet", action="store_true",
                               help="print one line instead of the report")
     @magic_arguments.argument("--no-live", action="store_true",
@@ -224,8 +225,9 @@ class GpuMem(Magics):
                               help="also store the cell's record (a CellRecord) in VAR")
     @magic_arguments.argument(
         "--compare", metavar="POLICY", choices=["mixed_float16", "mixed_bfloat16"],
-        help="after the cell, run its training a few steps under the current dtype policy and "
-        "under POLICY, on clones of your models, and report the measured saving")
+        help="mixed_float16 or mixed_bfloat16: after the cell, run its training a few steps "
+        "under the current dtype policy and under POLICY, on clones of your models, and "
+        "report the measured saving")
     @cell_magic("gpumem")
     @no_var_expand  # options are read as written; expanding $names would copy the namespace
     def gpumem_cell(self, line: str, cell: str) -> Any:
@@ -405,6 +407,20 @@ def _say(panel: Optional[Panel], message: str) -> None:
     except Exception:
         pass
     print(f"kmem_magic: {message}")
+
+
+def _plain_help(doc: str) -> str:
+    """IPython's magic help as plain text: without the reST ``::`` before the usage line."""
+    usage, _, rest = doc.partition("\n\n")
+    if doc.startswith("::\n\n"):
+        usage, _, rest = doc[len("::\n\n"):].partition("\n\n")
+        usage = "\n".join(line[2:] if line.startswith("  ") else line
+                          for line in usage.splitlines())
+    return f"Usage: {usage.strip()}\n\n{rest}"
+
+
+for _magic in (GpuMem.gpumem_line, GpuMem.gpumem_cell):
+    _magic.__doc__ = _plain_help(_magic.__doc__ or "")
 
 
 def _is_oom(error: BaseException) -> bool:

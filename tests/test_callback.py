@@ -28,6 +28,10 @@ def test_callback_records_every_batch_of_fit_evaluate_and_predict(fresh):
         RESULT["every"] = [r["batch"] for r in every.history]
         RESULT["csv"] = cb.to_csv().splitlines()[0]
         cb.plot().savefig("/dev/null", format="png")
+        shown, _ = ip.display_formatter.format(cb.plot())  # what a notebook shows as its value
+        RESULT["shown"] = sorted(shown)
+        RESULT["png"] = shown.get("image/png", b"")[:8].hex() if isinstance(
+            shown.get("image/png"), bytes) else str(shown.get("image/png", ""))[:12]
         try:
             MemoryCallback(every=0)
         except ValueError as error:
@@ -41,6 +45,8 @@ def test_callback_records_every_batch_of_fit_evaluate_and_predict(fresh):
     assert result["every"] == [0, 5]
     assert result["csv"] == "t_s,phase,batch,allocator_bytes,device_used_bytes,host_rss_bytes"
     assert "positive integer" in result["bad"]
+    assert "image/png" in result["shown"], "cb.plot() displays as a picture, not a repr"
+    assert result["png"].startswith("89504e47") or result["png"].startswith("iVBOR")
 
 
 def test_recording_keeps_within_its_time_budget():

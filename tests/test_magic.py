@@ -332,3 +332,12 @@ def test_after_out_of_memory_the_traceback_is_whole_and_the_frames_are_then_rele
     assert "Cell In[" in out and ", in step(batch)" in out, out
     assert "failed resolving arguments" not in out and "_cell.py" not in out
     assert ip.user_ns["kept"][0]() is None, "the failed frame's activations are released"
+
+
+def test_help_reads_as_plain_text_with_the_choices_and_defaults(ip):
+    line = ip.find_line_magic("gpumem").__doc__
+    cell = ip.find_cell_magic("gpumem").__doc__
+    assert line.startswith("Usage: %gpumem [--growth]") and cell.startswith("Usage: %%gpumem")
+    assert "::" not in line and "::" not in cell and "``" not in line + cell
+    assert "{status,history,export}" in line
+    assert "mixed_float16 or mixed_bfloat16" in cell and "default 0.1" in cell

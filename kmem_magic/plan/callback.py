@@ -157,11 +157,22 @@ class MemoryCallback(_Base):
         return out.getvalue()
 
     def plot(self):
-        """A matplotlib ``Figure`` of the recorded memory per batch."""
+        """A matplotlib ``Figure`` of the recorded memory per batch; a notebook shows it as the
+        cell's value (``cb.plot()``), ``savefig`` writes it."""
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(8, 3), dpi=90)
+        class Shown(Figure):
+            """A Figure that IPython displays without pyplot or %matplotlib (a 2x PNG)."""
+
+            def _repr_png_(self) -> bytes:
+                import io
+
+                buffer = io.BytesIO()
+                self.savefig(buffer, format="png", dpi=180)
+                return buffer.getvalue()
+
+        fig = Shown(figsize=(8, 3), dpi=90)
         FigureCanvasAgg(fig)
         ax = fig.subplots()
         for key, source, name in (("allocator_bytes", backends.keras_backend() or "jax",
