@@ -2,13 +2,14 @@
 
     python benchmarks/soak.py [--cells 500]
 
-Most cells are trivial; every 10th raises, every 10th (offset by 5) is interrupted half-way
-through its body by ``KernelManager.interrupt_kernel``. After cell 50 and after the last one the
-kernel reports: kmem threads alive, widget models and comms open, records alive, gc-tracked
-objects and the time of a full ``gc.collect()`` (median of 5), and RSS; the per-cell time of
-the first and last 50 trivial cells is the frontend's (request sent to idle). Then one cell is
-re-run 10 times under the same cell id, as JupyterLab does, and the widget state a saved
-notebook would hold is compared with a single run.
+Most cells are trivial; before each a bare cell runs (IPython's own growth); every 10th raises,
+every 10th (offset by 5) is interrupted half-way through its body by
+``KernelManager.interrupt_kernel``; a control kernel runs the same cells without ``%%gpumem``.
+After cell 50 and after the last one the kernel reports: kmem threads alive, widget models and
+comms open, records alive, gc-tracked objects and the time of a full ``gc.collect()`` (median
+of 5), and RSS. The per-cell time of the first and last 50 trivial cells is the frontend's
+(request sent to idle). Then one cell is re-run 10 times under the same cell id, as JupyterLab
+does, and the widget state a saved notebook would hold is compared with a single run.
 """
 
 from __future__ import annotations
@@ -52,8 +53,10 @@ def soak(cells: int) -> None:
     with Kernel() as kernel:
         kernel.run("%load_ext kmem_magic")
         kernel.run(PROBE)
-        times, outcomes, snapshots = [], {"ok": 0, "ValueError": 0, "KeyboardInterrupt": 0}, {}
+        times, bare, snapshots = [], [], {}
+        outcomes = {"ok": 0, "ValueError": 0, "KeyboardInterrupt": 0}
         for n in range(1, cells + 1):
+            bare.append(kernel.run(f"y = {n}").seconds)  # IPython's own growth, beside kmem's
             if n % 10 == 0:
                 ran = kernel.run("%%gpumem\nraise ValueError('soak')", cell_id=f"c{n}")
             elif n % 10 == 5:
@@ -69,17 +72,44 @@ def soak(cells: int) -> None:
         print(f"{cells} cells: {outcomes}")
         for n, snap in snapshots.items():
             print(f"after cell {n:>3}: {json.dumps(snap)}")
-        first, steady, last = (statistics.median(times[:40]), statistics.median(times[40:80]),
-                               statistics.median(times[-40:]))
-        print(f"per trivial cell (frontend's time, median): cells 1-50 {first * 1e3:.1f} ms, "
-              f"51-100 {steady * 1e3:.1f} ms, last 50 {last * 1e3:.1f} ms "
-              f"(last / 51-100: {last / steady:.2f}x; from cell 21 on, each cell also retires "
-              "the oldest live panel)")
+        for name, series in (("%%gpumem", times), ("bare", bare)):
+            per = len(series) // (cells // 50)
+            first, steady, last = (statistics.median(series[:per]),
+                                   statistics.median(series[per:2 * per]),
+                                   statistics.median(series[-per:]))
+            print(f"per trivial {name} cell (frontend's time, median): cells 1-50 "
+                  f"{first * 1e3:.1f} ms, 51-100 {steady * 1e3:.1f} ms, last 50 "
+                  f"{last * 1e3:.1f} ms (last / 51-100: {last / steady:.2f}x)")
+        print("(from cell 21 on, each %%gpumem cell also retires the oldest live panel; a bare "
+              "cell runs before each measured one)")
         a, b = snapshots[50], snapshots[cells]
         print(f"growth from cell 50 to {cells}: RSS {b['rss_mib'] - a['rss_mib']:+.1f} MiB, "
               f"gc objects {b['gc_objects'] / a['gc_objects']:.3f}x, full gc "
               f"{b['full_gc_ms']:.1f} ms vs {a['full_gc_ms']:.1f} ms, records alive "
               f"{b['records']} (history_size 100)")
+
+
+def control(cells: int) -> None:
+    """The same kernel life without kmem: what IPython and the kernel grow by themselves."""
+    with Kernel() as kernel:
+        kernel.run("%load_ext kmem_magic")  # loaded (the probe imports it), never used
+        kernel.run(PROBE)
+        snapshots = {}
+        for n in range(1, cells + 1):
+            kernel.run(f"y = {n}")
+            if n % 10 == 0:
+                kernel.run("raise ValueError('soak')")
+            elif n % 10 == 5:
+                kernel.run("import time\ntime.sleep(0.3)", interrupt_after=0.1)
+            else:
+                kernel.run(f"x = [0] * 1000\n{n}")
+            if n in (50, cells):
+                snapshots[n] = probe(kernel)
+    a, b = snapshots[50], snapshots[cells]
+    print(f"control, the same {cells} cells without %%gpumem: RSS "
+          f"{b['rss_mib'] - a['rss_mib']:+.1f} MiB, gc objects "
+          f"{b['gc_objects'] / a['gc_objects']:.3f}x, full gc {b['full_gc_ms']:.1f} ms vs "
+          f"{a['full_gc_ms']:.1f} ms")
 
 
 def reruns() -> None:
@@ -102,6 +132,7 @@ def main() -> None:
     parser.add_argument("--cells", type=int, default=500)
     args = parser.parse_args()
     soak(args.cells)
+    control(args.cells)
     reruns()
 
 
