@@ -107,16 +107,65 @@ def test_mixed_precision_for_a_float32_model_whose_activations_dominate():
     assert advise(cell, [], Context(dtype_policy="mixed_float16", keras_weights_bytes=10 * MiB)) == []
 
 
-def test_the_same_cell_leaking_on_every_run_names_the_loop_pattern():
+def test_growth_held_by_the_users_own_list_names_the_list_not_the_loop():
+    # The workshop's case: predict() in a loop, but the growth is the user's `preds` list.
     source = "for batch in batches:\n    preds.append(model.predict(batch))"
     runs = [record(peak={"jax": GiB}, before={"jax": i * 100 * MiB},
                    after={"jax": (i + 1) * 100 * MiB}, source=source) for i in range(3)]
     ctx = Context(live_objects=lambda: [LiveObject("preds", "list of 30 (jax array)", 300 * MiB)])
-    suggestions = advise(runs[2], runs[:2], ctx)
-    assert "regrowth" in rules(suggestions)
-    s = next(s for s in suggestions if s.rule == "regrowth")
-    assert s.title == "predict() in a loop grows memory"
-    assert "training=False" in s.code and "3 runs" in s.evidence
+    s = next(s for s in advise(runs[2], runs[:2], ctx) if s.rule == "regrowth")
+    assert s.title == "preds keeps what every run adds", "not 'predict() in a loop'"
+    assert "preds.clear()" in s.code and "3 runs" in s.evidence
+    assert s.saving_bytes == 300 * MiB and s.saving_kind == "estimated from the holders' sizes"
+
+
+def test_predict_in_a_loop_is_named_only_when_no_object_of_the_user_holds_the_growth():
+    source = "for batch in batches:\n    model.predict(batch)"
+    runs = [record(peak={"jax": GiB}, before={"jax": i * 100 * MiB},
+                   after={"jax": (i + 1) * 100 * MiB}, source=source) for i in range(3)]
+    s = next(s for s in advise(runs[2], runs[:2], Context()) if s.rule == "regrowth")
+    assert s.title == "predict() in a loop grows memory" and "training=False" in s.code
+    assert s.saving_bytes is None, "no saving claimed that nobody measured"
+
+
+def test_a_refit_that_grows_claims_no_measured_saving_and_no_clear_session_fix():
+    # Re-running a fit cell: the allocator pool grows, no object of the user's holds it;
+    # clearing Keras' session frees nothing of it, so it must not be offered as the fix.
+    source = "model.fit(x, y, epochs=1)"
+    runs = [record(peak={"jax": GiB}, before={"jax": i * 68 * MiB},
+                   after={"jax": (i + 1) * 68 * MiB}, source=source) for i in range(2)]
+    ctx = Context(live_objects=lambda: [LiveObject("model", "Keras Sequential", 40 * MiB)])
+    s = next(s for s in advise(runs[1], runs[:1], ctx) if s.rule == "regrowth")
+    assert s.title == "Memory grows every time this cell runs"
+    assert s.saving_bytes is None and "clear_session" not in s.code
+    assert "may free none of it" in s.evidence
+
+
+def _climbing(values, step_s=0.1):
+    cell = record(peak={"jax": max(values)}, before={"jax": values[0]}, after={"jax": values[-1]},
+                  source="for i in range(100):\n    model.train_on_batch(x, y)")
+    series = cell.timeline.get("jax", 0)
+    for i, value in enumerate(values):
+        series.append(i * step_s, value)
+    return cell
+
+
+def test_memory_that_climbs_through_a_cell_is_named_with_what_grew():
+    cell = _climbing([200 * MiB + i * 8 * MiB for i in range(50)])
+    [s] = [s for s in advise(cell, [], Context()) if s.rule == "climb"]
+    assert s.title == "Memory climbed through the cell: +392.00 MiB in jax"
+    assert "rose in each fifth of the cell" in s.evidence and "retracing" in s.evidence
+    kept = Context(live_objects=lambda: [LiveObject("losses", "list of 50 (jax array)",
+                                                    390 * MiB)])
+    [s] = [s for s in advise(cell, [], kept) if s.rule == "climb"]
+    assert "losses (list of 50" in s.evidence and "losses.clear()" in s.code
+
+
+def test_a_fit_that_allocates_once_and_stays_flat_does_not_climb():
+    flat = _climbing([100 * MiB] * 5 + [900 * MiB] * 45)
+    assert "climb" not in rules(advise(flat, [], Context()))
+    noisy = _climbing([500 * MiB + (i % 3) * 30 * MiB for i in range(50)])
+    assert "climb" not in rules(advise(noisy, [], Context()))
 
 
 def test_models_built_in_a_loop_get_clear_session_advice():
@@ -160,13 +209,13 @@ def test_real_cells_on_tensorflow_left_behind_regrowth_and_out_of_memory(fresh):
         cell("%gpumem history")
     """)
     assert "left-behind" in result["shown"] and "Out[" in result["shown_evidence"]
-    assert "predict() in a loop grows memory" in result["loop"]
+    assert "preds keeps what every run adds" in result["loop"], "the list, not predict()"
     assert result["oom_failed"] and result["oom_kind"] == "oom"
     assert result["oom_first"] == "out-of-memory"
     assert result["batch_freed"], "the failed cell's locals were released"
     assert result["next_ok"]
     assert "Out of memory (ResourceExhaustedError)" in result["_stdout"]
-    assert "predict() in a loop grows memory" in result["_stdout"], "%gpumem history lists it"
+    assert "preds keeps what every run adds" in result["_stdout"], "%gpumem history lists it"
 
 
 @pytest.mark.tensorflow

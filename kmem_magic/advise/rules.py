@@ -117,40 +117,75 @@ def preallocation(record: CellRecord, history: Sequence[CellRecord], ctx: Contex
     return None
 
 
-def left_behind(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
-    """The cell left framework memory behind that something forgotten keeps alive."""
-    left = _framework_left(record)
-    if left is None or left[0] < 128 * MiB:
-        return None
-    delta, where = left
-    # Only what could explain a real part of it: not the 1 MiB training data next to 2 GiB.
-    holders = [h for h in ctx.live if h.bytes >= 0.1 * delta]
-    forgotten = [h for h in holders
-                 if h.name.startswith("Out[") or h.name in ("_", "__", "___", "the last traceback")]
-    accounted = sum(h.bytes for h in ctx.live)
-    if not forgotten and accounted >= 0.5 * delta:
-        return None  # what stayed is what the user's variables hold, on purpose
+_FORGOTTEN = ("_", "__", "___", "the last traceback")
+
+
+def _forgotten(holder: LiveObject) -> bool:
+    """A holder the user did not mean to keep: a displayed value or the last traceback."""
+    return holder.name.startswith("Out[") or holder.name in _FORGOTTEN
+
+
+def _freeing_code(holders: Sequence[LiveObject]) -> List[str]:
+    """The lines that free what ``holders`` keep alive, and nothing more."""
     lines = []
-    names = [h.name for h in holders if _identifier(h.name) and h.name not in ("_", "__", "___")]
+    names = [h.name for h in holders if _identifier(h.name) and h.name not in _FORGOTTEN]
     if names:
         lines.append(f"del {', '.join(names[:5])}")
     if any(h.name.startswith("Out[") or h.name in ("_", "__", "___") for h in holders):
         lines.append("%reset -f out            # displayed values kept in Out[] and _")
     if any(h.name == "the last traceback" for h in holders):
         lines.append("import sys; sys.last_traceback = sys.last_value = None")
-    lines += ["import gc, keras",
-              "keras.utils.clear_session()  # note: also resets a mixed-precision policy",
-              "gc.collect()"]
+    return lines + ["import gc; gc.collect()"]
+
+
+def left_behind(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """The cell left framework memory behind that something forgotten keeps alive.
+
+    Evidence needed: at least 128 MiB more in the allocators after the cell, and a forgotten
+    holder (``Out[]``, ``_``, the last traceback) or no holder of the user's that accounts for
+    half of it. Silent when the user's own variables hold what stayed (a model just built)."""
+    left = _framework_left(record)
+    if left is None or left[0] < 128 * MiB:
+        return None
+    delta, where = left
+    # Only what could explain a real part of it: not the 1 MiB training data next to 2 GiB.
+    holders = [h for h in ctx.live if h.bytes >= 0.1 * delta]
+    forgotten = [h for h in holders if _forgotten(h)]
+    accounted = sum(h.bytes for h in ctx.live)
+    if not forgotten and accounted >= 0.5 * delta:
+        return None  # what stayed is what the user's variables hold, on purpose
     shown = ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})" for h in holders[:5])
     evidence = f"{format_bytes(delta)} more in {where} after the cell than before."
-    evidence += (f" Largest holders: {shown}." if shown else " kmem found no model, tensor or "
-                 "array of yours holding it: Keras' global state or the framework's caches may.")
+    if not holders:
+        return Suggestion(
+            "left-behind", f"The cell left {format_bytes(delta)} behind, held by none of your "
+            "objects", evidence + " kmem found no model, tensor or array of yours holding it: "
+            "the framework keeps it (compiled steps, its pool, Keras' global state), and "
+            "reuses it when the cell runs again.",
+            "# if it grows on every run, see the suggestion for that; to give it back:\n"
+            "import gc, keras\nkeras.utils.clear_session()  # also resets a mixed-precision "
+            "policy\ngc.collect()")
+    # the saving: what the named holders keep, sized from their shapes and dtypes
+    freed = sum(h.bytes for h in holders)
     return Suggestion("left-behind", f"The cell left {format_bytes(delta)} behind",
-                      evidence, "\n".join(lines), delta, "measured")
+                      evidence + f" Largest holders: {shown}.",
+                      "\n".join(_freeing_code(holders)), min(freed, delta),
+                      "estimated from the holders' sizes")
+
+
+def _grown_holders(ctx: Context, growth: int) -> List[LiveObject]:
+    """The user's own objects (not displayed values, not models) big enough to account for
+    ``growth``: what a loop that keeps its results piles up."""
+    return [h for h in ctx.live if not _forgotten(h) and not h.kind.startswith("Keras ")
+            and h.bytes >= 0.5 * growth]
 
 
 def regrowth(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
-    """The same cell leaks each time it runs, or memory rises cell after cell."""
+    """The same cell leaks each time it runs, or memory rises cell after cell.
+
+    Evidence needed: this cell's earlier runs (or the last three cells) each left at least 32
+    MiB in the allocators. The loop patterns are named only when no object of the user's
+    accounts for the growth; when one does, it is named instead, with the line that frees it."""
     left = _framework_left(record)
     if left is None or left[0] < 32 * MiB:
         return None
@@ -161,25 +196,82 @@ def regrowth(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
     rising = len(streak) == 3 and all(s >= 32 * MiB for s in streak)
     if not (rerun or rising):
         return None
+    runs = len(same) + 1 if rerun else 4
+    what = "this cell" if rerun else "the last 4 cells"
+    growth = left[0] * runs  # what the runs left, added up
+    evidence = (f"{what} left memory behind on each of {runs} runs "
+                f"({format_bytes(left[0])} this time, in {left[1]}).")
+    grown = _grown_holders(ctx, growth)
+    if grown:
+        names = ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})" for h in grown[:3])
+        return Suggestion(
+            "regrowth", f"{grown[0].name} keeps what every run adds",
+            evidence + f" It is held by your own objects: {names}.",
+            "\n".join([f"{h.name}.clear()   # or keep only the last run's results"
+                       if "list of" in h.kind or "dict of" in h.kind else f"del {h.name}"
+                       for h in grown[:3] if _identifier(h.name)] + ["import gc; gc.collect()"]),
+            sum(h.bytes for h in grown[:3]), "estimated from the holders' sizes")
     source = record.source
     loop = re.search(r"^\s*(for|while)\b", source, re.M)
     if loop and re.search(r"keras\.(Sequential|Model)\(|\.clone_model\(|build_model\(", source) \
             and "clear_session" not in source:
-        title = "Models built in a loop pile up in Keras' global state"
-        code = ("for ...:\n    keras.utils.clear_session()   # first line of each iteration\n"
-                "    model = ...")
-    elif loop and ".predict(" in source:
-        title = "predict() in a loop grows memory"
-        code = "y = model(x, training=False)     # or model.predict_on_batch(x), inside loops"
-    else:
-        title = "Memory grows every time"
-        code = "import gc, keras\nkeras.utils.clear_session()\ngc.collect()"
-    runs = len(same) + 1 if rerun else 4
-    what = "this cell" if rerun else "the last 4 cells"
-    return Suggestion("regrowth", title,
-                      f"{what} left memory behind on each of {runs} runs "
-                      f"({format_bytes(left[0])} this time, in {left[1]}).",
-                      code, left[0] * runs, "measured")
+        return Suggestion(
+            "regrowth", "Models built in a loop pile up in Keras' global state",
+            evidence + " No object of yours holds it: Keras' global state keeps every model "
+            "the loop built.",
+            "for ...:\n    keras.utils.clear_session()   # first line of each iteration\n"
+            "    model = ...")
+    if loop and ".predict(" in source:
+        return Suggestion(
+            "regrowth", "predict() in a loop grows memory",
+            evidence + " No object of yours holds it: each predict() call in the loop builds "
+            "and keeps a new function.",
+            "y = model(x, training=False)     # or model.predict_on_batch(x), inside loops")
+    return Suggestion(
+        "regrowth", "Memory grows every time this cell runs",
+        evidence + " No model, tensor or array of yours holds it: the framework keeps it "
+        "(compiled steps, its allocator pool), and clearing Keras' session may free none of it.",
+        "%gpumem history      # does it keep growing, or settle after a few runs?")
+
+
+def climb(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """Memory that climbs through one cell, step after step: a loop that keeps tensors (a list
+    of outputs, a growing history) or retraces functions (``train_on_batch``, ``predict`` with
+    new shapes).
+
+    Evidence needed: an allocator's in-use curve that rises in each of five equal spans of the
+    cell, by at least 64 MiB and a fifth of its peak in all. Silent for a fit that allocates
+    once and then stays flat."""
+    for device in record.devices:
+        for name in backends.NAMES:
+            series = record.timeline.find(name, device.index)
+            if series is None:
+                continue
+            values = [v for v in series.values if v is not None]
+            if len(values) < 10:
+                continue
+            spans = [values[len(values) * i // 5:len(values) * (i + 1) // 5] for i in range(5)]
+            highs = [max(span) for span in spans]
+            rise = highs[-1] - values[0]
+            if not all(b > a for a, b in zip(highs, highs[1:])) or \
+                    rise < max(64 * MiB, 0.2 * highs[-1]):
+                continue
+            t = series.t_s[-1] - series.t_s[0] if len(series.t_s) > 1 else record.wall_s
+            grown = _grown_holders(ctx, rise)
+            held = (" Your objects that hold it: " + ", ".join(
+                f"{h.name} ({h.kind}, {format_bytes(h.bytes)})" for h in grown[:3]) + "."
+                if grown else " No object of yours holds it: compiled functions (retracing) "
+                "or the framework's state do.")
+            code = "\n".join(f"{h.name}.clear()" if "list of" in h.kind else f"del {h.name}"
+                             for h in grown[:3] if _identifier(h.name)) if grown else (
+                "# keep shapes fixed inside the loop (pad the last batch), and call\n"
+                "# model(x, training=False) or predict_on_batch instead of predict in loops")
+            return Suggestion(
+                "climb", f"Memory climbed through the cell: +{format_bytes(rise)} in {name}",
+                f"the {name} allocator on GPU {device.index} rose in each fifth of the cell, "
+                f"from {format_bytes(values[0])} to {format_bytes(highs[-1])} over {t:.1f} s."
+                + held, code)
+    return None
 
 
 def other_processes(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
@@ -298,8 +390,8 @@ def out_of_memory(record: CellRecord, history: Sequence[CellRecord], ctx: Contex
                       code)
 
 
-RULES = (out_of_memory, preallocation, other_processes, left_behind, regrowth, mixed_precision,
-         near_limit)
+RULES = (out_of_memory, preallocation, other_processes, left_behind, regrowth, climb,
+         mixed_precision, near_limit)
 
 
 def advise(record: CellRecord, history: Sequence[CellRecord], ctx: Optional[Context] = None

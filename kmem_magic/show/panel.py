@@ -253,15 +253,19 @@ class Actions:
         keras.utils.clear_session()
         gc.collect()
         after = self.measure_now()
-        parts = []
+        parts, freed = [], 0
         for key in before:
             if before[key] is None or after.get(key) is None:
                 parts.append(f"{key}: unknown")
             else:
+                freed = max(freed, before[key] - after[key])
                 parts.append(f"{key}: {format_bytes(before[key] - after[key])} freed")
+        why = (" Nothing worth naming was freed: what the frameworks hold is kept by your own "
+               "variables (del them first), or is their pool, which the next cell reuses."
+               if freed < 2**20 else " Memory freed by the allocator stays in its pool for "
+               "reuse, so the device figure usually does not drop.")
         return ("Cleared the Keras session (the global dtype policy is reset too). "
-                + "; ".join(parts) + ". Memory freed by the allocator stays in its pool for "
-                "reuse, so the device figure usually does not drop.")
+                + "; ".join(parts) + "." + why)
 
     def save(self, record: CellRecord) -> str:
         """Write the plot (PNG) and the timeline (CSV) next to the notebook, never overwriting."""
