@@ -31,8 +31,9 @@ def write_notebook(path: Path, sources: List[str]) -> None:
 
 
 @contextmanager
-def jupyterlab(root: Path) -> Iterator[str]:
-    """Run JupyterLab on a free loopback port with ``root`` as its folder; yields its URL."""
+def jupyterlab(root: Path, theme: str = "JupyterLab Light") -> Iterator[str]:
+    """Run JupyterLab on a free loopback port with ``root`` as its folder, in ``theme``;
+    yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -41,6 +42,7 @@ def jupyterlab(root: Path) -> Iterator[str]:
     settings = root / ".lab-settings" / "@jupyterlab" / "apputils-extension"
     settings.mkdir(parents=True, exist_ok=True)
     (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    (settings / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
     env = dict(os.environ, JUPYTERLAB_SETTINGS_DIR=str(root / ".lab-settings"))
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyter", "lab", "--no-browser", f"--port={port}",

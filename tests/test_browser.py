@@ -1,7 +1,9 @@
-"""The panel in a real browser: JupyterLab on 127.0.0.1, headless Chromium driven by Playwright.
+"""The panel in a real browser: JupyterLab on 127.0.0.1, headless Chromium driven by Playwright,
+in the light and the dark theme.
 
 Debian's ``chromium`` is used through ``executable_path`` (``playwright install`` cannot download
 browsers here). In CI (``CI`` set) a missing browser fails the test instead of skipping it.
+With ``KMEM_SCREENSHOTS=DIR`` the final panel of each theme is saved there (docs/ holds them).
 """
 
 from __future__ import annotations
@@ -26,6 +28,12 @@ for step in range(10):
     time.sleep(0.5)
 len(blocks)"""
 
+THEMES = {"light": "JupyterLab Light", "dark": "JupyterLab Dark"}
+
+# the luminance (0 dark .. 1 light) of a computed CSS colour such as "rgb(12, 34, 56)"
+LUMINANCE = """(css) => { const [r, g, b] = css.match(/[\\d.]+/g).map(Number);
+  return (0.2126 * r + 0.7152 * g + 0.0722 * b) / 255; }"""
+
 
 def _require(condition: bool, why: str) -> None:
     if condition:
@@ -35,45 +43,65 @@ def _require(condition: bool, why: str) -> None:
     pytest.skip(why)
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory):
+@pytest.fixture(scope="module", params=list(THEMES))
+def lab(request, tmp_path_factory):
     _require(os.path.exists(CHROMIUM), "Debian's chromium is not installed (apt-get install chromium)")
     for module in ("playwright", "jupyterlab"):
         try:
             __import__(module)
         except ImportError:
             _require(False, f"{module} is not installed")
-    root = tmp_path_factory.mktemp("lab")
+    root = tmp_path_factory.mktemp(f"lab-{request.param}")
     write_notebook(root / "panel.ipynb", ["%load_ext kmem_magic", CELL])
-    with jupyterlab(root) as url:
-        yield url
+    with jupyterlab(root, THEMES[request.param]) as url:
+        yield request.param, url
 
 
-def test_panel_is_live_while_the_cell_runs_and_final_after(lab, tmp_path):
-    with notebook_page(lab, "panel.ipynb") as (page, started):
+def _box(page, selector):
+    return page.evaluate(f"() => {{ const r = document.querySelector('{selector}')"
+                         ".getBoundingClientRect(); return [r.width, r.height]; }")
+
+
+def test_panel_is_live_then_final_same_size_hover_and_theme(lab, tmp_path):
+    theme, url = lab
+    with notebook_page(url, "panel.ipynb") as (page, started):
         page.wait_for_selector(".kmem-panel", timeout=60_000)
         page.wait_for_selector(".kmem-curves path.kmem-curve", state="attached", timeout=30_000)
         first_paint_s = time.time() - started
+        live_size = _box(page, ".kmem-curves")
         seen = []
-        while not page.locator(".kmem-final").count() and time.time() - started < 60:
-            curves = page.locator(".kmem-curves")
-            if curves.count():
-                html = curves.first.inner_html()
-                if not seen or seen[-1] != html:
-                    seen.append(html)
+        while not page.locator(".kmem-panel.kmem-done").count() and time.time() - started < 60:
+            path = page.locator(".kmem-curves path.kmem-curve")
+            if path.count():
+                d = path.first.get_attribute("d")
+                if not seen or seen[-1] != d:
+                    seen.append(d)
             time.sleep(0.2)
-        page.wait_for_selector(".kmem-final", timeout=30_000)
+        page.wait_for_selector(".kmem-panel.kmem-done .kmem-final", timeout=30_000)
+        final_size = _box(page, ".kmem-curves")
         panel = page.locator(".kmem-panel").first
         text = panel.inner_text()
-        shot = tmp_path / "panel.png"
+        # hover in the middle of the host row: the tooltip gives the time and a value
+        row = page.locator(".kmem-curves svg.kmem-row").last.bounding_box()
+        page.mouse.move(row["x"] + row["width"] * 0.6, row["y"] + row["height"] * 0.5)
+        page.wait_for_selector(".kmem-tooltip", state="visible", timeout=5_000)
+        tip = page.locator(".kmem-tooltip").inner_text()
+        ink = page.evaluate(f"() => ({LUMINANCE})(getComputedStyle("
+                            "document.querySelector('.kmem-row .kmem-row-title')).fill)")
+        ground = page.evaluate(f"() => ({LUMINANCE})(getComputedStyle("
+                               "document.querySelector('.jp-Notebook')).backgroundColor)")
+        page.mouse.move(0, 0)
+        shot = tmp_path / f"panel-{theme}.png"
         panel.screenshot(path=str(shot))
-        if os.environ.get("KMEM_SCREENSHOT"):
-            shutil.copy(shot, os.environ["KMEM_SCREENSHOT"])
-        curves_ok = page.evaluate(
-            "() => document.querySelectorAll('.kmem-panel.kmem-done path.kmem-curve').length")
-    print(f"first paint {first_paint_s:.2f} s after run-all; {len(seen)} distinct live curves")
+        if os.environ.get("KMEM_SCREENSHOTS"):
+            shutil.copy(shot, os.path.join(os.environ["KMEM_SCREENSHOTS"], shot.name))
+    print(f"{theme}: first paint {first_paint_s:.2f} s after run-all; {len(seen)} distinct live "
+          f"curves; live {live_size}, final {final_size}; tooltip {tip!r}")
     assert len(seen) >= 3, f"the curve changed only {len(seen) - 1} times while the cell ran"
-    assert "peak" in text and "left behind" in text
-    assert "host RSS" in text
-    assert curves_ok >= 1, "the final view draws the curves"
+    assert "peak" in text and "left behind" in text and "host RSS" in text
+    assert abs(live_size[0] - final_size[0]) <= 2 and abs(live_size[1] - final_size[1]) <= 2, \
+        "the curves keep their size from the live to the final view"
+    assert " s" in tip and "host RSS:" in tip and "MiB" in tip, tip
+    assert abs(ink - ground) > 0.4, f"text {ink:.2f} on background {ground:.2f}: unreadable"
+    assert (ground < 0.5) == (theme == "dark"), "the panel sits in the theme it was given"
     assert shot.stat().st_size > 10_000

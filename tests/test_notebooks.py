@@ -105,6 +105,7 @@ def test_demo_command_writes_the_executed_notebook_and_html_with_the_figures(tmp
     assert "kmem-static" in panel["text/html"] and "kmem-static" in page, \
         "the HTML page shows the panel's static fallback"
     assert "<svg" in page and "left behind" in page and "peak" in page
+    assert "The cell left" in page, "the suggestions travel as text, with no script to run"
     assert executed.metadata.widgets[WIDGET_STATE]["state"]
 
 
