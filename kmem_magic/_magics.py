@@ -179,6 +179,8 @@ class GpuMem(Magics):
         "option); 'history': every measured cell; 'export PATH': the history as .csv or .json",
     )
     @magic_arguments.argument("path", nargs="?", help="for export: a .csv or .json file")
+    @magic_arguments.argument("--plot", action="store_true",
+                              help="for history: draw memory across all measured cells")
     @_policy_options
     @line_magic("gpumem")
     def gpumem_line(self, line: str = "") -> None:
@@ -200,11 +202,19 @@ class GpuMem(Magics):
             raise UsageError("%gpumem export PATH: PATH must end in .csv or .json")
         if args.path and args.command != "export":
             raise UsageError(f"%gpumem: unexpected argument {args.path!r}")
+        if args.plot and args.command != "history":
+            raise UsageError("%gpumem: --plot goes with history: %gpumem history --plot")
         if policy is not None:
             self.configurator.apply(policy)
         from .show import text
 
-        if args.command == "history":
+        if args.command == "history" and args.plot and self.history:
+            from IPython.display import display
+
+            from .show.history import bundle
+
+            display(bundle(self.history, text.history_table(self.history)), raw=True)
+        elif args.command == "history":
             print(text.history_table(self.history))
         elif args.command == "export":
             print(self._export(args.path))

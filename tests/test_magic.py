@@ -341,3 +341,29 @@ def test_help_reads_as_plain_text_with_the_choices_and_defaults(ip):
     assert "::" not in line and "::" not in cell and "``" not in line + cell
     assert "{status,history,export}" in line
     assert "mixed_float16 or mixed_bfloat16" in cell and "default 0.1" in cell
+
+
+def test_history_plot_draws_every_cell_as_a_band_and_marks_what_left_most(ip):
+    shown = []
+    ip.display_pub.publish = lambda data, metadata=None, **kw: shown.append(data)
+    try:
+        for i in range(4):
+            run(ip, "%%gpumem --quiet\nx = 1")
+        run(ip, "%%gpumem --quiet\nkept = bytearray(80 * 2**20)\nkept[::4096] = b'x' * "
+                "len(kept[::4096])")
+        numbers = [r.execution_count for r in kmem_magic.history(ip)[-5:]]
+        run(ip, "%gpumem history --plot")
+    finally:
+        del ip.display_pub.publish
+        ip.user_ns.pop("kept", None)
+    [bundle] = shown
+    picture = bundle["image/svg+xml"]
+    assert picture.startswith("<svg") and "host RSS" in picture
+    assert all(f">{n}</text>" in picture for n in numbers), "each cell's band is numbered"
+    bands = {band.split("<title>")[1].split(":")[0]: band for band in picture.split("<rect")[1:]
+             if "<title>" in band}
+    assert 'fill="#d62728"' in bands[f"cell-{numbers[-1]}"], "the cell that kept 80 MiB is marked"
+    assert 'fill="#d62728"' not in bands[f"cell-{numbers[0]}"], "a cell that kept ~0 is not"
+    assert "cell-" in bundle["text/plain"], "the history table as text"
+    result = run(ip, "%gpumem status --plot")
+    assert isinstance(result.error_in_exec, UsageError)
