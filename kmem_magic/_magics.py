@@ -142,6 +142,7 @@ class GpuMem(Magics):
         self.history: List[CellRecord] = []
         self.panels: Dict[Any, Panel] = {}  # the live panels, oldest first, by cell
         self.folder = _notebook_folder(shell)  # where Save writes, whatever %cd does later
+        self._gpu_note_said: Optional[str] = None  # "no GPU: why", said once per kernel
         self._loaded = False
 
     # --------------------------------------------------------------------- life cycle
@@ -350,7 +351,9 @@ class GpuMem(Magics):
             self.shell.user_ns[args.output] = record
         from . import show
 
-        show.report(record, panel, quiet=args.quiet)
+        note_gpu = record.gpu_note != self._gpu_note_said
+        self._gpu_note_said = record.gpu_note
+        show.report(record, panel, quiet=args.quiet, note_gpu=note_gpu)
         if panel is not None:
             self._keep_live(panel)
 

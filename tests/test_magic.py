@@ -120,12 +120,16 @@ def test_the_process_high_water_mark_is_never_reset(ip):
     assert not peak.exact and "below the process's earlier high-water mark" in peak.note
 
 
-def test_no_gpu_means_host_memory_only_and_says_so(ip, fake_nvml, capsys):
+def test_no_gpu_means_host_memory_only_and_says_so_once(ip, fake_nvml, capsys):
     fake_nvml([], missing=True)
     run(ip, "%%gpumem\nz = 1")
     out = capsys.readouterr().out
     assert "no GPU: no NVIDIA driver found" in out
     assert "host RSS" in out
+    run(ip, "%%gpumem\nz = 2")
+    again = capsys.readouterr().out
+    assert "host RSS" in again and "no GPU" not in again, "said once per kernel, not each cell"
+    assert kmem_magic.history(ip)[-1].gpu_note, "the record still knows why"
 
 
 def test_gpu_figures_come_from_nvml_and_unknown_stays_unknown(ip, fake_nvml, capsys):
@@ -337,7 +341,7 @@ def test_after_out_of_memory_the_traceback_is_whole_and_the_frames_are_then_rele
 def test_help_reads_as_plain_text_with_the_choices_and_defaults(ip):
     line = ip.find_line_magic("gpumem").__doc__
     cell = ip.find_cell_magic("gpumem").__doc__
-    assert line.startswith("Usage: %gpumem [--growth]") and cell.startswith("Usage: %%gpumem")
+    assert line.startswith("Usage: %gpumem [--plot] [--growth]") and cell.startswith("Usage: %%gpumem")
     assert "::" not in line and "::" not in cell and "``" not in line + cell
     assert "{status,history,export}" in line
     assert "mixed_float16 or mixed_bfloat16" in cell and "default 0.1" in cell

@@ -12,7 +12,8 @@ from . import html, text
 from .panel import Panel
 
 
-def report(record: CellRecord, panel: Optional[Panel] = None, quiet: bool = False) -> None:
+def report(record: CellRecord, panel: Optional[Panel] = None, quiet: bool = False,
+           note_gpu: bool = True) -> None:
     """Show ``record`` the way the cell asked: one line (``quiet``), the final view of its
     ``panel``, or one bundle of text and HTML (figures, suggestions and an SVG of the curves).
     A failure here never reaches the cell."""
@@ -20,13 +21,13 @@ def report(record: CellRecord, panel: Optional[Panel] = None, quiet: bool = Fals
         if quiet:
             print(text.quiet_line(record))
             return
-        summary = text.summary(record)
+        summary = text.summary(record, note_gpu)
         if panel is not None:
-            panel.finish(record, summary)
+            panel.finish(record, summary, note_gpu=note_gpu)
             return
         from IPython.display import display
 
-        display({"text/plain": summary, "text/html": html.static(record)}, raw=True)
+        display({"text/plain": summary, "text/html": html.static(record, note_gpu)}, raw=True)
     except Exception as error:  # showing must never hide the cell's own result or error
         print(f"kmem_magic: could not show the memory report: {error!r}")
         try:

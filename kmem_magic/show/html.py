@@ -23,18 +23,17 @@ def header(title: str, devices: Sequence[Device]) -> str:
         extra = f", limit {format_bytes(device.limit_bytes)}" if device.limit_bytes else ""
         parts.append(f"GPU {device.index}: {html.escape(device.name)} "
                      f"({format_bytes(device.total_bytes)}{extra})")
-    if not devices:
-        parts.append("no GPU visible: host memory only")
     return "<div class='kmem-header'>" + " · ".join(parts) + "</div>"
 
 
-def static(record: CellRecord) -> str:
+def static(record: CellRecord, note_gpu: bool = True) -> str:
     """The whole final view as one HTML page fragment, for frontends without the widget
     (nbconvert, GitHub, a saved notebook): title, curves (SVG), figures and suggestions."""
     from .plot import svg
 
     return (f"<div class='kmem-static'>{header(html.escape(title(record)), record.devices)}"
-            f"{svg(record)}{final_stats(record)}{suggestions(record.suggestions)}</div>")
+            f"{svg(record)}{final_stats(record, note_gpu)}{suggestions(record.suggestions)}"
+            "</div>")
 
 
 def swatch(source: str) -> str:
@@ -42,7 +41,7 @@ def swatch(source: str) -> str:
     return f"<span style='color:{color(source)}'>■</span> {label(source)}"
 
 
-def final_stats(record: CellRecord) -> str:
+def final_stats(record: CellRecord, note_gpu: bool = True) -> str:
     """The facts: peak (value, time, source, exact or sampled) and what was left behind."""
     rows = []
     groups: List = [(f"GPU {d.index}", d.index) for d in record.devices] + [(HOST, None)]
@@ -62,6 +61,9 @@ def final_stats(record: CellRecord) -> str:
                 f"{format_bytes(figures.left_behind(source), signed=True)}</td></tr>")
     note = f"<br><small>this process: {html.escape(record.process_note)}</small>" \
         if record.process_note else ""
+    if record.gpu_note and note_gpu:
+        note += (f"<br><small>no GPU: {html.escape(record.gpu_note)}; host memory only (said "
+                 "once per kernel)</small>")
     return (f"<table class='kmem-final'>{''.join(rows)}</table>"
             f"<small>wall time {record.wall_s:.2f} s</small>{note}")
 

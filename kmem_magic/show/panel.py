@@ -119,10 +119,12 @@ class Panel:
         self._handle = display(self._bundle({"text/plain": placeholder}), raw=True,
                                display_id=True)
 
-    def finish(self, record: CellRecord, summary: Optional[str] = None, status: str = "") -> None:
-        """Switch to the final view of ``record`` and update the displayed bundle in place."""
+    def finish(self, record: CellRecord, summary: Optional[str] = None, status: str = "",
+               note_gpu: bool = True) -> None:
+        """Switch to the final view of ``record`` and update the displayed bundle in place
+        (``note_gpu`` False: without the reason there is no GPU, said once per kernel)."""
         self.record = record
-        self.static = {"text/html": html.static(record),
+        self.static = {"text/html": html.static(record, note_gpu),
                        "text/plain": summary or text.summary(record)}
         final = {"elapsed": record.wall_s, "series": {}, "sources": {}, "peaks": [],
                  "marks": [[t, str(m)] for t, m in record.timeline.marks[:200]]}
@@ -142,7 +144,7 @@ class Panel:
                                            "t": record.wall_s if when is None else when})
         with self._lock, self.widget.hold_sync():
             self.widget.header_html = html.header(escape(text.title(record)), self.devices)
-            self.widget.facts_html = html.final_stats(record) + html.suggestions(
+            self.widget.facts_html = html.final_stats(record, note_gpu) + html.suggestions(
                 record.suggestions)
             self.widget.final = final
             self.widget.status = status

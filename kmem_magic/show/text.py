@@ -27,8 +27,9 @@ def title(record: CellRecord) -> str:
     return text
 
 
-def summary(record: CellRecord) -> str:
-    """The compact report: one header line, then per device the peak and what was left."""
+def summary(record: CellRecord, note_gpu: bool = True) -> str:
+    """The compact report: one header line, then per device the peak and what was left;
+    ``note_gpu`` False leaves out why there is no GPU (said once per kernel)."""
     head = [f"%%gpumem {record.name}", f"{record.wall_s:.2f} s"]
     head.append(f"keras backend {record.backend}" if record.backend else "keras not imported")
     head.append(f"policy {record.policy}")
@@ -44,8 +45,8 @@ def summary(record: CellRecord) -> str:
         lines += _figure_lines(figures)
         if record.process_note and figures.peak.get("process", UNKNOWN).bytes is None:
             lines.append(f"  this process: unknown, {record.process_note}")
-    if record.gpu_note:
-        lines.append(f"no GPU: {record.gpu_note}; host memory only")
+    if record.gpu_note and note_gpu:
+        lines.append(f"no GPU: {record.gpu_note}; host memory only (said once per kernel)")
     lines.append("host")
     lines += _figure_lines(record.host)
     if record.faults:
