@@ -319,7 +319,7 @@ class GpuMem(Magics):
         try:
             panel = Panel(f"%%gpumem cell-{number} · policy {policy}", measurement.devices,
                           refresh_s=max(interval, self.refresh), live=not args.no_live,
-                          actions=Actions(measure_now, self.folder))
+                          actions=Actions(measure_now, self.folder, lambda: self.history))
             if panel.live:
                 panel.show()
                 measurement.on_sample = panel.on_sample

@@ -91,6 +91,10 @@ def test_panel_is_live_then_final_same_size_hover_and_theme(lab, tmp_path):
         ground = page.evaluate(f"() => ({LUMINANCE})(getComputedStyle("
                                "document.querySelector('.jp-Notebook')).backgroundColor)")
         page.mouse.move(0, 0)
+        page.locator(".kmem-panel .kmem-button", has_text="History").first.click()
+        page.wait_for_selector(".kmem-panel .kmem-history svg", timeout=10_000)
+        strip = page.locator(".kmem-panel .kmem-history").first.inner_text()
+        page.locator(".kmem-panel .kmem-button", has_text="History").first.click()
         shot = tmp_path / f"panel-{theme}.png"
         panel.screenshot(path=str(shot))
         if os.environ.get("KMEM_SCREENSHOTS"):
@@ -105,3 +109,4 @@ def test_panel_is_live_then_final_same_size_hover_and_theme(lab, tmp_path):
     assert abs(ink - ground) > 0.4, f"text {ink:.2f} on background {ground:.2f}: unreadable"
     assert (ground < 0.5) == (theme == "dark"), "the panel sits in the theme it was given"
     assert shot.stat().st_size > 10_000
+    assert "host RSS" in strip, "the History button draws memory across the measured cells"

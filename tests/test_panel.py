@@ -221,3 +221,14 @@ def test_a_panel_whose_measurement_failed_still_ends_and_says_why(fake_nvml):
     assert panel.widget.final, "the browser leaves the live view"
     assert "the measurement failed" in panel.widget.facts_html
     assert "the measurement failed" in shown[-1]["text/plain"]
+
+
+def test_the_history_button_shows_every_measured_cell_and_hides_it_again(fake_nvml):
+    panel, record, _ = measured(fake_nvml, 0.05)
+    panel.actions = Actions(dict, history=lambda: [record, record])
+    panel.finish(record)
+    assert "history" in panel.widget.actions
+    panel._on_msg(panel.widget, {"action": "history"}, [])
+    assert panel.widget.history_html.startswith("<svg") and "host RSS" in panel.widget.history_html
+    panel._on_msg(panel.widget, {"action": "history"}, [])
+    assert panel.widget.history_html == ""

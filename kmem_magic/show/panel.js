@@ -253,14 +253,19 @@ function render({ model, el }) {
   const facts = html("div", "kmem-facts", root);
   const buttons = html("div", "kmem-buttons", root);
   const status = html("div", "kmem-status", root);
+  const historyView = html("div", "kmem-history", root);
   const actions = {};
   for (const [action, label, tip] of [
     ["clear", "Clear Keras session", "keras.utils.clear_session() and gc.collect(), then show what was freed"],
     ["save", "Save", "PNG and CSV of this cell, next to the notebook"],
+    ["history", "History", "memory across every measured cell of this kernel"],
   ]) {
     const button = html("button", "kmem-button", buttons, label);
     button.title = tip;
-    button.addEventListener("click", () => { status.textContent = "…"; model.send({ action }); });
+    button.addEventListener("click", () => {
+      if (action !== "history") status.textContent = "…";
+      model.send({ action });
+    });
     actions[action] = button;
   }
 
@@ -298,10 +303,12 @@ function render({ model, el }) {
       button.style.display = model.get("retired") ? "none" : "";
     }
     status.textContent = model.get("status");
+    historyView.innerHTML = model.get("history_html");
   }
 
   store.views.add(redraw);
-  for (const name of ["final", "facts_html", "header_html", "actions", "status", "meta", "retired"]) {
+  for (const name of ["final", "facts_html", "header_html", "actions", "status", "meta", "retired",
+                      "history_html"]) {
     model.on(`change:${name}`, redraw);
   }
   let drawnWidth = 0;

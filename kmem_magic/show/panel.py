@@ -67,6 +67,7 @@ def _widget():
             final = Dict().tag(sync=True)
             actions = List().tag(sync=True)
             status = Unicode().tag(sync=True)
+            history_html = Unicode().tag(sync=True)
             retired = Bool(False).tag(sync=True)
 
         _widget_class = PanelWidget
@@ -148,7 +149,8 @@ class Panel:
                 record.suggestions)
             self.widget.final = final
             self.widget.status = status
-            self.widget.actions = ["save"] + (["clear"] if "keras" in sys.modules else [])
+            self.widget.actions = ["save", "history"] + (
+                ["clear"] if "keras" in sys.modules else [])
         self._show(self._bundle(self.static))
 
     def fail(self, why: str) -> None:
@@ -223,10 +225,13 @@ class Panel:
     # ------------------------------------------------------------------ buttons
     def _on_msg(self, _widget, content, _buffers) -> None:
         action = content.get("action") if isinstance(content, dict) else None
-        if self.actions is None or action not in ("clear", "save"):
+        if self.actions is None or action not in ("clear", "save", "history"):
             return
         if action == "clear":
             self.widget.status = self.actions.clear_session()
+        elif action == "history":
+            self.widget.history_html = "" if self.widget.history_html else \
+                self.actions.history_strip()
         elif self.record is not None:
             self.widget.status = self.actions.save(self.record)
 
@@ -239,9 +244,18 @@ def timeline_elapsed(timeline: Timeline) -> float:
 class Actions:
     """What the panel's buttons do; kept apart so that tests and the line magic can call it."""
 
-    def __init__(self, measure_now: Callable[[], dict], folder: Optional[str] = None) -> None:
+    def __init__(self, measure_now: Callable[[], dict], folder: Optional[str] = None,
+                 history: Callable[[], Sequence[CellRecord]] = tuple) -> None:
         self.measure_now = measure_now
         self.folder = folder
+        self.history = history
+
+    def history_strip(self) -> str:
+        """Memory across every measured cell so far, as an SVG (``%gpumem history --plot``)."""
+        from .history import strip
+
+        records = list(self.history())
+        return strip(records) if records else "<i>no cell measured yet</i>"
 
     def clear_session(self) -> str:
         """Run ``keras.utils.clear_session()`` and ``gc.collect()``; say what was freed, per
