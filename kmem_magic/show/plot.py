@@ -52,7 +52,8 @@ def figure(record: CellRecord, width_in: float = 8.0):
             ax.axhline(device.limit_bytes / unit, color=LIMIT_COLOR, lw=1.2, ls="--",
                        label=f"limit {format_bytes(device.limit_bytes)}")
         _mark_peaks(ax, record, figures, device.index, unit)
-        ax.set_ylim(0, top / unit)
+        ax.set_ylim(*(v / unit for v in _fit(_values(record, device.index), [
+            device.limit_bytes, device.total_bytes if device.total_bytes <= top else None])))
         ax.set_ylabel(name)
         ax.set_title(f"GPU {device.index} · {device.name} · {format_bytes(device.total_bytes)} "
                      "total", fontsize=9, loc="left")
@@ -63,7 +64,7 @@ def figure(record: CellRecord, width_in: float = 8.0):
     _line(host_ax, record, HOST, None, unit)
     _mark_peaks(host_ax, record, record.host, None, unit)
     if host_top:
-        host_ax.set_ylim(0, host_top / unit * 1.15)
+        host_ax.set_ylim(*(v / unit for v in _fit(_values(record, None) + [host_top], [])))
     host_ax.set_ylabel(name)
     note = f" (no GPU: {record.gpu_note})" if record.gpu_note else ""
     host_ax.set_title(f"host RAM{note}", fontsize=9, loc="left")
@@ -75,7 +76,14 @@ def figure(record: CellRecord, width_in: float = 8.0):
                          rotation=90, va="top", ha="right", color="#777")
     host_ax.set_xlabel("seconds since the cell started")
     host_ax.set_xlim(0, max(record.wall_s, 1e-3))
+    host_ax.xaxis.set_major_locator(_seconds_locator())
     return fig
+
+
+def _values(record: CellRecord, device: Optional[int]) -> list:
+    """Every known reading on ``device`` (host when None), for fitting the axis to them."""
+    return [v for s in record.timeline.series.values() if s.device == device
+            for v in s.values if v is not None]
 
 
 def axis_top(record: CellRecord, figures: Figures, total: int, limit: Optional[int]) -> float:
@@ -116,10 +124,26 @@ def _mark_peaks(ax, record: CellRecord, figures: Figures, device: Optional[int],
                     ha="right" if right_half else "left", color=color(source))
 
 
+NEUTRAL = "#808080"  # text and frames that read on a light and on a dark page
+
+
+def _seconds_locator():
+    """A few round ticks, never a crowd of 0.0002 s steps on a short cell."""
+    from matplotlib.ticker import MaxNLocator
+
+    return MaxNLocator(nbins=6, steps=[1, 2, 5, 10], min_n_ticks=2)
+
+
 def png(record: CellRecord, width_in: float = 8.0, dpi: int = 90) -> bytes:
-    """The plot as PNG bytes (``dpi`` 180 for a crisp image on a high-density screen)."""
+    """The plot as PNG bytes (``dpi`` 180 for a crisp image on a high-density screen), on a
+    transparent background with neutral grey text, so that it reads in light and dark themes."""
+    import matplotlib
+
     buffer = io.BytesIO()
-    figure(record, width_in).savefig(buffer, format="png", dpi=dpi)
+    with matplotlib.rc_context({"text.color": NEUTRAL, "axes.labelcolor": NEUTRAL,
+                                "axes.edgecolor": NEUTRAL, "xtick.color": NEUTRAL,
+                                "ytick.color": NEUTRAL, "legend.framealpha": 0.0}):
+        figure(record, width_in).savefig(buffer, format="png", dpi=dpi, transparent=True)
     return buffer.getvalue()
 
 
