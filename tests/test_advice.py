@@ -107,11 +107,16 @@ def test_mixed_precision_for_a_float32_model_whose_activations_dominate():
     assert advise(cell, [], Context(dtype_policy="mixed_float16", keras_weights_bytes=10 * MiB)) == []
 
 
+def leaking_runs(source, runs, step):
+    """``runs`` records of the same cell, each leaving ``step`` more in the jax allocator."""
+    return [record(peak={"jax": GiB}, before={"jax": i * step}, after={"jax": (i + 1) * step},
+                   source=source) for i in range(runs)]
+
+
 def test_growth_held_by_the_users_own_list_names_the_list_not_the_loop():
     # The workshop's case: predict() in a loop, but the growth is the user's `preds` list.
-    source = "for batch in batches:\n    preds.append(model.predict(batch))"
-    runs = [record(peak={"jax": GiB}, before={"jax": i * 100 * MiB},
-                   after={"jax": (i + 1) * 100 * MiB}, source=source) for i in range(3)]
+    runs = leaking_runs("for batch in batches:\n    preds.append(model.predict(batch))", 3,
+                        100 * MiB)
     ctx = Context(live_objects=lambda: [LiveObject("preds", "list of 30 (jax array)", 300 * MiB)])
     s = next(s for s in advise(runs[2], runs[:2], ctx) if s.rule == "regrowth")
     assert s.title == "preds keeps what every run adds", "not 'predict() in a loop'"
@@ -120,9 +125,7 @@ def test_growth_held_by_the_users_own_list_names_the_list_not_the_loop():
 
 
 def test_predict_in_a_loop_is_named_only_when_no_object_of_the_user_holds_the_growth():
-    source = "for batch in batches:\n    model.predict(batch)"
-    runs = [record(peak={"jax": GiB}, before={"jax": i * 100 * MiB},
-                   after={"jax": (i + 1) * 100 * MiB}, source=source) for i in range(3)]
+    runs = leaking_runs("for batch in batches:\n    model.predict(batch)", 3, 100 * MiB)
     s = next(s for s in advise(runs[2], runs[:2], Context()) if s.rule == "regrowth")
     assert s.title == "predict() in a loop grows memory" and "training=False" in s.code
     assert s.saving_bytes is None, "no saving claimed that nobody measured"
@@ -131,9 +134,7 @@ def test_predict_in_a_loop_is_named_only_when_no_object_of_the_user_holds_the_gr
 def test_a_refit_that_grows_claims_no_measured_saving_and_no_clear_session_fix():
     # Re-running a fit cell: the allocator pool grows, no object of the user's holds it;
     # clearing Keras' session frees nothing of it, so it must not be offered as the fix.
-    source = "model.fit(x, y, epochs=1)"
-    runs = [record(peak={"jax": GiB}, before={"jax": i * 68 * MiB},
-                   after={"jax": (i + 1) * 68 * MiB}, source=source) for i in range(2)]
+    runs = leaking_runs("model.fit(x, y, epochs=1)", 2, 68 * MiB)
     ctx = Context(live_objects=lambda: [LiveObject("model", "Keras Sequential", 40 * MiB)])
     s = next(s for s in advise(runs[1], runs[:1], ctx) if s.rule == "regrowth")
     assert s.title == "Memory grows every time this cell runs"
