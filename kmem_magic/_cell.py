@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import io
 import os
+import sys
 import tokenize
+import traceback
 from typing import Any, Dict, NamedTuple, Optional
 
 
@@ -87,19 +89,35 @@ def release_after_traceback(shell: Any, error: BaseException) -> None:
     the next cell, which ``sys.last_traceback`` would otherwise keep alive."""
     def release(*_args) -> None:
         shell.events.unregister("post_run_cell", release)
-        tb = error.__traceback__
-        while tb is not None:
-            if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
-                try:
-                    tb.tb_frame.clear()
-                    # Before Python 3.13, showing the traceback left a snapshot of the locals in
-                    # the frame's f_locals: reading it again re-syncs it with the cleared frame.
-                    tb.tb_frame.f_locals
-                except RuntimeError:  # still running (a caller of the cell): nothing to free
-                    pass
-            tb = tb.tb_next
+        for tb in _tracebacks(error):
+            _clear_frames(tb)
 
     shell.events.register("post_run_cell", release)
+
+
+def _tracebacks(error: BaseException) -> list:
+    """The tracebacks of ``error`` and of the errors it chains (``raise ... from``, or raised
+    while handling: a retry after an out-of-memory error keeps the first attempt's frames)."""
+    found, seen = [], set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        found.append(error.__traceback__)
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def _clear_frames(tb) -> None:
+    """Clear the locals of the user's frames in ``tb`` (kmem's own are left alone)."""
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+            try:
+                tb.tb_frame.clear()
+                # Before Python 3.13, showing the traceback left a snapshot of the locals in
+                # the frame's f_locals: reading it again re-syncs it with the cleared frame.
+                tb.tb_frame.f_locals
+            except RuntimeError:  # still running (a caller of the cell): nothing to free
+                pass
+        tb = tb.tb_next
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
@@ -119,7 +137,15 @@ def traceback_from_body(shell: Any, code: Code) -> None:
         start = tb
         while start is not None and start.tb_frame.f_code.co_filename != code.filename:
             start = start.tb_next
-        self.showtraceback((etype, value, start or tb), tb_offset=0)
+        start = start or tb
+        if issubclass(etype, SyntaxError):
+            # IPython would re-read sys.exc_info() (the whole stack) for a SyntaxError raised
+            # while running: show it from the body down, as IPython shows the bare cell's.
+            stb = self.SyntaxTB.structured_traceback(etype, value, traceback.extract_tb(start))
+            sys.last_type, sys.last_value, sys.last_traceback = etype, value, start
+            self._showtraceback(etype, value, stb)
+        else:
+            self.showtraceback((etype, value, start), tb_offset=0)
         return []
 
     shell.set_custom_exc((BaseException,), show)

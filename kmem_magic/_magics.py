@@ -290,10 +290,16 @@ class GpuMem(Magics):
             raise
         finally:
             with held() as late:
-                self._conclude(measurement, error, value, args, panel, code)
-            if late.count:
-                _say(panel, "An interrupt arrived while kmem was finishing its report: the "
-                     "cell had already run, and its result is kept.")
+                record = self._finish(measurement, error, panel)
+            # --compare runs the cell's training again: Ctrl-C must reach it
+            extra = self._compare(code, args) if record is not None and args.compare and \
+                error is None else []
+            with held() as later:
+                self._conclude(record, extra, value, args, panel)
+            if late.count or later.count:
+                kept = "its result is kept" if error is None else "its own error stands"
+                _say(panel, "An interrupt arrived while kmem was finishing its report; the "
+                     f"cell had already run, and {kept}.")
 
     def _start(self, policy: Policy, interval: float, number: Optional[int],
                cell: str) -> Optional[Measurement]:
@@ -328,22 +334,38 @@ class GpuMem(Magics):
             return None
         return panel
 
-    def _conclude(self, measurement: Optional[Measurement], error, value, args,
-                  panel: Optional[Panel], code: _cell.Code) -> None:
-        """Stop measuring, advise, remember and show; never raises into the user's cell."""
+    def _finish(self, measurement: Optional[Measurement], error,
+                panel: Optional[Panel]) -> Optional[CellRecord]:
+        """Stop measuring: the cell's record, or None if kmem failed (then said, never raised:
+        a kmem bug must not replace the cell's own outcome)."""
         if measurement is None:
+            return None
+        try:
+            return measurement.finish(error)
+        except Exception as failure:
+            why = f"the measurement failed ({failure!r}); the cell itself ran as usual"
+            try:
+                if panel is not None:
+                    panel.fail(why)
+            except Exception:
+                pass
+            print(f"kmem_magic: {why}")
+            return None
+
+    def _conclude(self, record: Optional[CellRecord], extra: List[Suggestion], value, args,
+                  panel: Optional[Panel]) -> None:
+        """Advise, remember and show; never raises into the user's cell."""
+        if record is None:
             return
         try:
-            record = measurement.finish(error)
-        except Exception as failure:  # a kmem bug must not replace the cell's own outcome
-            why = f"the measurement failed ({failure!r}); the cell itself ran as usual"
-            if panel is not None:
-                panel.fail(why)
-            print(f"kmem_magic: {why}")
-            return
-        suggestions = self._suggest(record, value)
-        if args.compare and error is None:
-            suggestions = self._compare(code, args) + suggestions
+            self._remember_and_show(record, extra, value, args, panel)
+        except Exception as failure:
+            print(f"kmem_magic: could not finish the report ({failure!r}); the cell itself ran "
+                  "as usual")
+
+    def _remember_and_show(self, record: CellRecord, extra: List[Suggestion], value, args,
+                           panel: Optional[Panel]) -> None:
+        suggestions = extra + self._suggest(record, value)
         record = dataclasses.replace(record, suggestions=tuple(suggestions))
         self.history.append(record)
         del self.history[:-self.history_size]  # history_size is at least 1 (validated)
@@ -392,6 +414,9 @@ class GpuMem(Magics):
                                           interval_s=args.interval or self.interval)
         except CompareError as error:
             print(f"kmem_magic: --compare: {error}")
+            return []
+        except KeyboardInterrupt:
+            print("kmem_magic: --compare interrupted; the cell's own report follows")
             return []
         except Exception as error:  # never let the comparison hide the cell's own result
             print(f"kmem_magic: --compare failed: {error!r}")

@@ -101,3 +101,17 @@ def test_save_after_cd_writes_next_to_the_notebook(tmp_path):
     assert status.startswith("Saved kmem-cell-3.png") and str(tmp_path) in status
     assert (tmp_path / "kmem-cell-3.png").exists() and (tmp_path / "kmem-cell-3.csv").exists()
     assert not os.listdir(elsewhere)
+
+
+def test_a_filesystem_without_hard_links_still_gets_whole_exclusive_files(tmp_path, monkeypatch):
+    import errno
+
+    def no_links(source, target):
+        raise OSError(errno.ENOSYS, "Function not implemented")  # a FUSE mount
+
+    monkeypatch.setattr(os, "link", no_links)
+    write_new(str(tmp_path / "a.csv"), "x\n")
+    assert (tmp_path / "a.csv").read_text() == "x\n"
+    with pytest.raises(FileExistsError):
+        write_new(str(tmp_path / "a.csv"), "y\n")
+    assert sorted(os.listdir(tmp_path)) == ["a.csv"], "no temporary file left"

@@ -147,12 +147,12 @@ def test_an_empty_process_table_is_shown_as_unknown_not_as_zero(ip, fake_nvml, m
 def test_nvml_starts_in_the_background_and_the_first_cell_still_gets_every_figure(
         shell, fake_nvml):
     fake = fake_nvml([gpu(0, used=3 * 2**30)])
-    fake.init_delay_s = 0.3  # a real driver's library takes about 0.1 s to load
+    fake.init_delay_s = 1.0  # a real driver's library takes about 0.1 s to load
     started = time.perf_counter()
     shell.run_line_magic("load_ext", "kmem_magic")
     try:
         loaded = time.perf_counter() - started
-        assert loaded < 0.2, f"%load_ext waited {loaded:.2f} s for NVML"
+        assert loaded < 0.6, f"%load_ext waited {loaded:.2f} s for NVML"
         result = run(shell, "%%gpumem --quiet\nx = 1")
         assert result.success
         record = kmem_magic.history(shell)[-1]

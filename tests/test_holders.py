@@ -46,3 +46,25 @@ def test_a_huge_namespace_is_cut_short_and_says_so(monkeypatch):
     namespace["big"] = np.zeros(4 * MiB, np.uint8)
     found = scan(namespace)
     assert found[-1].name == "(scan stopped early)"
+
+
+class Proxy:
+    """Like werkzeug's LocalProxy with nothing bound: asking its class raises."""
+
+    @property
+    def __class__(self):
+        raise RuntimeError("working outside of a context")
+
+
+def test_an_object_that_refuses_to_be_inspected_is_skipped():
+    found = scan({"proxy": Proxy(), "big": np.zeros(2 * MiB, np.uint8)})
+    assert [h.name for h in found] == ["big"]
+
+
+def test_an_old_traceback_from_the_cells_own_frame_does_not_count_the_namespace_twice():
+    namespace = {"cache": np.zeros(8 * MiB, np.uint8)}
+    try:
+        exec("1 / 0", namespace)  # a cell's frame: its locals are the namespace itself
+    except ZeroDivisionError as error:
+        tb = error.__traceback__
+    assert [h.name for h in scan(namespace, tb)] == ["cache"], "not 'the last traceback' too"

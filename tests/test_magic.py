@@ -371,3 +371,26 @@ def test_history_plot_draws_every_cell_as_a_band_and_marks_what_left_most(ip):
     assert "cell-" in bundle["text/plain"], "the history table as text"
     result = run(ip, "%gpumem status --plot")
     assert isinstance(result.error_in_exec, UsageError)
+
+
+def test_a_syntax_error_raised_while_running_shows_its_frames_like_the_bare_cell(ip, capsys):
+    body = "def f():\n    eval('1 +')\nf()"
+    _, bare_tb = _traceback_of(ip, capsys, "# %%gpumem --quiet\n" + body)
+    _, magic_tb = _traceback_of(ip, capsys, "%%gpumem --quiet\n" + body)
+    assert "line 3 in f" in magic_tb or "line 3, in f" in magic_tb, magic_tb
+    # the bare cell's also shows IPython's own run_code frame (a quirk of IPython for a
+    # SyntaxError raised while running); the user's frames are the same
+    lines = bare_tb.splitlines()
+    ipython = [i for i, line in enumerate(lines) if "interactiveshell.py" in line]
+    strip = [_plain_frame(line) for i, line in enumerate(lines)
+             if not any(i in (j, j + 1, j + 2) for j in ipython)]
+    assert [_plain_frame(line) for line in magic_tb.splitlines()] == strip
+
+
+def _plain_frame(line):
+    """A traceback line without the cell's number (IPython 7: ipython-input-N-hash) and with
+    IPython 7.34's name for a cell's top frame."""
+    import re
+
+    line = re.sub(r"In\[\d+\]|ipython-input-\d+-", "CELL", line)
+    return line.replace("<cell line: 0>", "<module>")

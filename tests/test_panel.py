@@ -218,9 +218,10 @@ def test_a_panel_whose_measurement_failed_still_ends_and_says_why(fake_nvml):
 
     panel._handle = Handle()
     panel.fail("the measurement failed (RuntimeError('x'))")
-    assert panel.widget.final, "the browser leaves the live view"
-    assert "the measurement failed" in panel.widget.facts_html
+    assert WIDGET_VIEW not in shown[-1], "the output is the message, not a live panel"
     assert "the measurement failed" in shown[-1]["text/plain"]
+    assert "the measurement failed" in shown[-1]["text/html"]
+    assert panel.retired and panel.widget.comm is None, "its widget is closed: no leak"
 
 
 def test_the_history_button_shows_every_measured_cell_and_hides_it_again(fake_nvml):

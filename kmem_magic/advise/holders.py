@@ -12,6 +12,7 @@ Reading only, always: nothing is deleted here.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import types
 from dataclasses import dataclass
@@ -65,6 +66,7 @@ _ATOMIC = frozenset({int, float, complex, bool, str, type(None), range, slice,
                      types.ModuleType, type})
 _CONTAINERS = frozenset({dict, list, tuple, set, frozenset})
 MAX_DEPTH = 3  # a namespace entry, its items, their items: where users keep their arrays
+MAX_ITEMS = 10_000  # items looked at in one container
 MAX_VISITS = 200_000  # values looked at in one scan; beyond, the scan says it stopped early
 
 
@@ -105,19 +107,14 @@ class _Walk:
         if self.visits > MAX_VISITS:
             self.cut = True
             return _NOTHING
-        if kind is list or kind is tuple:
-            items = value[:10_000]
-        elif kind is dict:
-            items = list(value.values())
-        elif isinstance(value, self.measurable):
-            try:
+        try:  # exotic objects (proxies whose __class__ or len() raise) are skipped, never fatal
+            if kind not in _CONTAINERS and isinstance(value, self.measurable):
                 measured = measure(value)
-            except Exception:  # a half-built or exotic object: skip it, never fail the cell
+                return (measured[1], {measured[0]}, True) if measured else _NOTHING
+            if depth >= MAX_DEPTH:
                 return _NOTHING
-            return (measured[1], {measured[0]}, True) if measured else _NOTHING
-        else:
             items = _children(value)
-        if depth >= MAX_DEPTH:
+        except Exception:
             return _NOTHING
         total, kinds = 0, set()
         for child in items:
@@ -134,17 +131,15 @@ _NOTHING: Tuple[int, set, bool] = (0, frozenset(), False)
 
 
 def _children(value: Any) -> List[Any]:
-    """The items of a container, or the attributes of a user's own object."""
+    """At most :data:`MAX_ITEMS` items of a container, or the attributes of a user's object."""
     try:
-        if type(value) is list:
-            return value[:10_000]
         if isinstance(value, dict):
-            return list(value.values())
+            return list(itertools.islice(value.values(), MAX_ITEMS))
         if isinstance(value, (list, tuple, set, frozenset)):
-            return list(value)[:10_000]
+            return list(itertools.islice(value, MAX_ITEMS))
         attributes = getattr(value, "__dict__", None)
         if isinstance(attributes, dict) and not isinstance(value, type):
-            return list(attributes.values())
+            return list(itertools.islice(attributes.values(), MAX_ITEMS))
     except Exception:
         pass
     return []
@@ -181,8 +176,10 @@ def scan(namespace: Dict[str, Any], traceback: Any = None,
     if traceback is not None:
         held = 0
         while traceback is not None:
-            for value in list(traceback.tb_frame.f_locals.values()):
-                held += walk.held(value, 2)[0]
+            frame = traceback.tb_frame
+            if frame.f_locals is not frame.f_globals:  # a cell's own frame: the namespace
+                for value in list(frame.f_locals.values()):
+                    held += walk.held(value, 2)[0]
             traceback = traceback.tb_next
         if held >= min_bytes:
             found.append(LiveObject("the last traceback", "locals of the failed cell's frames",
@@ -202,7 +199,11 @@ def keras_state(namespace: Dict[str, Any]) -> Tuple[int, int]:
     weights = optimizer = 0
     seen = set()
     for value in list(namespace.values()):
-        if isinstance(value, keras.Model) and id(value) not in seen:
+        try:
+            model = isinstance(value, keras.Model)
+        except Exception:  # a proxy whose __class__ raises
+            continue
+        if model and id(value) not in seen:
             seen.add(id(value))
             model_weights, model_slots = _keras_split(value)
             weights += model_weights

@@ -164,9 +164,10 @@ class Measurement:
         self.sampler.devices = devices
         before = _snapshot(devices, guard)
         # a backend whose counter could not be reset gets no allocator peak (unknown), never
-        # a peak from before the cell
+        # a peak from before the cell; a start the cell stopped waiting for resets nothing
+        # (its reset could land in a later cell)
         states = {}
-        for backend in backends.BACKENDS:
+        for backend in () if self._late_start else backends.BACKENDS:
             state = guard(f"{backend.name} reset_peak", backend.reset_peak, _FAILED)
             if state is not _FAILED:
                 states[backend.name] = state

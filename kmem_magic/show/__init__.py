@@ -31,6 +31,11 @@ def report(record: CellRecord, panel: Optional[Panel] = None, quiet: bool = Fals
     except Exception as error:  # showing must never hide the cell's own result or error
         print(f"kmem_magic: could not show the memory report: {error!r}")
         try:
+            if panel is not None:
+                panel.fail(f"could not show the memory report: {error!r}")
+        except Exception:
+            pass  # the line above said it
+        try:
             print(text.summary(record))
         except Exception:
             pass  # the error above is all kmem can say

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import errno
 import os
 import tempfile
 from typing import Sequence, Union
@@ -99,16 +98,18 @@ def write_new(path: str, content: Union[str, bytes]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     handle, temporary = tempfile.mkstemp(dir=folder, prefix=".kmem-", suffix=".part")
     try:
-        os.fchmod(handle, 0o666 & ~_UMASK)  # as open() would have made it, not mkstemp's 0600
+        try:  # as open() would have made it, not mkstemp's 0600
+            os.fchmod(handle, 0o666 & ~_UMASK)
+        except (OSError, AttributeError):  # no modes (vfat), or no fchmod (Windows, < 3.13)
+            pass
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         try:
             os.link(temporary, path)
-        except OSError as error:  # FileExistsError included: the name is taken
-            if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
-                                   errno.EMLINK):
-                raise
-            _write_exclusive(path, data)  # a filesystem without hard links
+        except FileExistsError:
+            raise  # the name is taken
+        except OSError:
+            _write_exclusive(path, data)  # a filesystem without hard links (FAT, FUSE, ...)
     finally:
         os.unlink(temporary)
 

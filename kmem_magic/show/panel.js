@@ -131,6 +131,8 @@ function drawRow(svg, row, keys, data, store, width, tooltip) {
   const visible = keys.filter((k) => !store.hidden.has(k));
   let lo = Infinity, hi = -Infinity;
   for (const key of visible) for (const v of data.series[key].v) if (v !== null) { lo = Math.min(lo, v); hi = Math.max(hi, v); }
+  // an exact peak (a counter) is often above every sample: keep its marker inside the frame
+  for (const peak of data.peaks) if (visible.includes(peak.key)) { lo = Math.min(lo, peak.v); hi = Math.max(hi, peak.v); }
   if (!isFinite(lo)) { lo = 0; hi = 1; }
   // Lines worth drawing only when they are near the data: a 4 GiB limit over a 300 MiB curve
   // would flatten it. Otherwise they are named in the row's title.

@@ -78,6 +78,13 @@ def _row(device: Optional[int]) -> str:
     return HOST if device is None else f"GPU {device}"
 
 
+def _rows(devices: Sequence[Device]) -> list:
+    """The panel's rows: one per GPU, then host RSS."""
+    rows = [{"name": _row(d.index), "title": f"GPU {d.index} · {d.name}",
+             "total": d.total_bytes, "limit": d.limit_bytes} for d in devices]
+    return rows + [{"name": HOST, "title": "host RSS", "total": None, "limit": None}]
+
+
 def _source(series) -> dict:
     name = label(series.source)
     if series.source == "process":
@@ -103,11 +110,8 @@ class Panel:
         self._sent: Dict[str, int] = {}
         self._lock = threading.Lock()  # a live message and the final view never interleave
         self._handle = None
-        rows = [{"name": _row(d.index), "title": f"GPU {d.index} · {d.name}",
-                 "total": d.total_bytes, "limit": d.limit_bytes} for d in self.devices]
-        rows.append({"name": HOST, "title": "host RSS", "total": None, "limit": None})
         self.widget = _widget()(
-            uid=f"kmem-{os.getpid()}-{next(_uids)}", meta={"rows": rows},
+            uid=f"kmem-{os.getpid()}-{next(_uids)}", meta={"rows": _rows(self.devices)},
             header_html=html.header(escape(title), self.devices), facts_html="")
         self.widget.on_msg(self._on_msg)
 
@@ -127,7 +131,8 @@ class Panel:
         self.record = record
         self.static = {"text/html": html.static(record, note_gpu),
                        "text/plain": summary or text.summary(record)}
-        final = {"elapsed": record.wall_s, "series": {}, "sources": {}, "peaks": [],
+        last = max((s.t_s[-1] for s in record.timeline.series.values() if s.t_s), default=0.0)
+        final = {"elapsed": max(record.wall_s, last), "series": {}, "sources": {}, "peaks": [],
                  "marks": [[t, str(m)] for t, m in record.timeline.marks[:200]]}
         for key, series in record.timeline.series.items():
             t, v = downsample(series.t_s, series.values)
@@ -143,6 +148,9 @@ class Panel:
                     when = series.argmax_t()
                     final["peaks"].append({"key": series.key, "v": peak.bytes,
                                            "t": record.wall_s if when is None else when})
+        if record.devices and not self.devices:  # found after the panel was made (late NVML)
+            self.devices = list(record.devices)
+            self.widget.meta = {"rows": _rows(self.devices)}
         with self._lock, self.widget.hold_sync():
             self.widget.header_html = html.header(escape(text.title(record)), self.devices)
             self.widget.facts_html = html.final_stats(record, note_gpu) + html.suggestions(
@@ -154,12 +162,13 @@ class Panel:
         self._show(self._bundle(self.static))
 
     def fail(self, why: str) -> None:
-        """End the panel without a record (kmem itself failed): it says ``why``."""
+        """End the panel without a record (kmem itself failed): its output becomes ``why``,
+        and its widget is closed (it has nothing left to show or do)."""
         self.static = {"text/plain": f"%%gpumem: {why}", "text/html": f"<i>{escape(why)}</i>"}
-        with self._lock, self.widget.hold_sync():
+        with self._lock:
             self.widget.final = {"elapsed": 0, "series": {}, "sources": {}}
-            self.widget.facts_html = f"<i>{escape(why)}</i>"
-        self._show(self._bundle(self.static))
+        self._show(dict(self.static))
+        self.retire(replace=False)
 
     def retire(self, replace: bool = True) -> None:
         """Close the widget and forget the record; with ``replace``, the output becomes the
@@ -227,6 +236,12 @@ class Panel:
         action = content.get("action") if isinstance(content, dict) else None
         if self.actions is None or action not in ("clear", "save", "history"):
             return
+        try:
+            self._act(action)
+        except Exception as error:  # a button's exception would be silent: say it
+            self.widget.status = f"{action} failed: {error!r}"
+
+    def _act(self, action: str) -> None:
         if action == "clear":
             self.widget.status = self.actions.clear_session()
         elif action == "history":
