@@ -394,3 +394,18 @@ def _plain_frame(line):
 
     line = re.sub(r"In\[\d+\]|ipython-input-\d+-", "CELL", line)
     return line.replace("<cell line: 0>", "<module>")
+
+
+@pytest.mark.tensorflow
+def test_a_retry_after_out_of_memory_releases_both_attempts_frames(ip, capsys):
+    tf = pytest.importorskip("tensorflow")
+    ip.user_ns["tf"] = tf
+    run(ip, "import weakref, numpy as np\nkept = []")
+    result = run(ip, "%%gpumem --quiet\ndef step(batch):\n    acts = np.ones(2**20)\n"
+                     "    kept.append(weakref.ref(acts))\n"
+                     "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM')\n"
+                     "try:\n    step(256)\nexcept tf.errors.ResourceExhaustedError:\n"
+                     "    step(128)")
+    capsys.readouterr()
+    assert isinstance(result.error_in_exec, tf.errors.ResourceExhaustedError)
+    assert [ref() is None for ref in ip.user_ns["kept"]] == [True, True]
