@@ -45,11 +45,16 @@ def test_interrupts_anywhere_leave_a_final_panel_and_a_complete_history():
     try:
         assert execute(km, kc, "%load_ext kmem_magic")[0] is None
         offsets = [0.0, 0.005, 0.01, 0.02, 0.04, 0.08, 0.12, 0.15, 0.17, 0.2, 0.25]
-        outcomes = []
+        outcomes, measured = [], 0
         for offset in offsets:
             result, displays = execute(km, kc, CELL, interrupt_after=offset)
             outcomes.append(result)
             panels = [d for key, d in displays.items() if key != "said"]
+            if not panels:
+                # the interrupt reached the kernel before the cell started: nothing ran
+                assert result == "KeyboardInterrupt", f"no panel, yet {result!r} ({offset} s)"
+                continue
+            measured += 1
             assert len(panels) == 1, f"one panel for the cell (interrupt at {offset} s)"
             final = panels[0]["text/plain"]
             assert "measuring" not in final, f"the panel never left 'measuring' ({offset} s)"
@@ -59,7 +64,7 @@ def test_interrupts_anywhere_leave_a_final_panel_and_a_complete_history():
                 assert result == "42", f"a completed body keeps its result, got {result!r}"
         history, _ = execute(km, kc, "len(get_ipython().magics_manager.registry['GpuMem']"
                                      ".history)")
-        assert int(history) == len(offsets), "every cell is in the history"
+        assert int(history) == measured, "every cell kmem measured is in the history"
         assert execute(km, kc, "6 * 7")[0] == "42", "the kernel goes on as usual"
         assert "KeyboardInterrupt" in outcomes and "42" in outcomes, outcomes
     finally:
