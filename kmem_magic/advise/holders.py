@@ -86,8 +86,11 @@ class _Walk:
     def holder(self, name: str, value: Any, depth: int = 1) -> Optional[LiveObject]:
         """``value`` as a holder named ``name``: measured itself, or through what it holds."""
         size, kinds, itself = self.held(value, depth)
-        if not size:
-            return None
+        return self.describe(name, value, size, kinds, itself) if size else None
+
+    @staticmethod
+    def describe(name: str, value: Any, size: int, kinds: set, itself: bool) -> LiveObject:
+        """The holder's line: what it is, or what it holds."""
         if itself:
             kind = next(iter(kinds))
         elif isinstance(value, (list, tuple, set, frozenset, dict)):
@@ -100,22 +103,35 @@ class _Walk:
         """Bytes ``value`` holds, itself or through its items and attributes down to
         :data:`MAX_DEPTH`; the kinds found; whether it was measured itself."""
         kind = type(value)
-        if kind in _ATOMIC or id(value) in self.seen:
+        if kind in _ATOMIC:
             return _NOTHING
-        self.seen.add(id(value))
         self.visits += 1
         if self.visits > MAX_VISITS:
             self.cut = True
             return _NOTHING
-        try:  # exotic objects (proxies whose __class__ or len() raise) are skipped, never fatal
-            if kind not in _CONTAINERS and isinstance(value, self.measurable):
-                measured = measure(value)
-                return (measured[1], {measured[0]}, True) if measured else _NOTHING
+        # Containers first, on a fast path (most of a namespace): their items are looked at,
+        # they are not remembered (what they hold is, so nothing counts twice).
+        if kind is list or kind is tuple:
             if depth >= MAX_DEPTH:
                 return _NOTHING
-            items = _children(value)
-        except Exception:
-            return _NOTHING
+            items = value if len(value) <= MAX_ITEMS else value[:MAX_ITEMS]
+        elif kind is dict:
+            if depth >= MAX_DEPTH:
+                return _NOTHING
+            items = list(itertools.islice(value.values(), MAX_ITEMS))
+        else:
+            if id(value) in self.seen:
+                return _NOTHING
+            self.seen.add(id(value))
+            try:  # exotic objects (proxies whose __class__ or len() raise) are skipped
+                if isinstance(value, self.measurable):
+                    measured = measure(value)
+                    return (measured[1], {measured[0]}, True) if measured else _NOTHING
+                if depth >= MAX_DEPTH:
+                    return _NOTHING
+                items = _children(value)
+            except Exception:
+                return _NOTHING
         total, kinds = 0, set()
         for child in items:
             if type(child) in _ATOMIC:  # inline: most items are numbers and strings
@@ -145,8 +161,7 @@ def _children(value: Any) -> List[Any]:
     return []
 
 
-def _skip(name: str) -> bool:
-    return name[:1] == "_" and name not in ("_", "__", "___")
+_UNDERSCORES = ("_", "__", "___")  # IPython's last outputs: scanned, unlike other _names
 
 
 def scan(namespace: Dict[str, Any], traceback: Any = None,
@@ -159,20 +174,20 @@ def scan(namespace: Dict[str, Any], traceback: Any = None,
     costs one lookup a name."""
     found: List[LiveObject] = []
     walk = _Walk()
-
-    def consider(name: str, value: Any) -> None:
-        holder = walk.holder(name, value)
-        if holder is not None and holder.bytes >= min_bytes:
-            found.append(holder)
-
+    held, atomic = walk.held, _ATOMIC
+    # one Python call per name that can hold anything: this loop is most of a scan's time
     for name, value in list(namespace.items()):
-        if type(value) in _ATOMIC or _skip(name):
+        if type(value) in atomic or (name[:1] == "_" and name not in _UNDERSCORES):
             continue
-        if name == "Out" and isinstance(value, dict):
+        if name == "Out" and type(value) is dict:
             for number, shown in list(value.items()):
-                consider(f"Out[{number}]", shown)
-        else:
-            consider(name, value)
+                holder = walk.holder(f"Out[{number}]", shown)
+                if holder is not None and holder.bytes >= min_bytes:
+                    found.append(holder)
+            continue
+        size, kinds, itself = held(value, 1)
+        if size >= min_bytes:
+            found.append(walk.describe(name, value, size, kinds, itself))
     if traceback is not None:
         held = 0
         while traceback is not None:
