@@ -42,7 +42,7 @@ def test_the_scan_stops_at_its_depth():
 
 def test_a_huge_namespace_is_cut_short_and_says_so(monkeypatch):
     monkeypatch.setattr(holders, "MAX_VISITS", 1000)
-    namespace = {f"v{i}": [i] for i in range(5000)}
+    namespace = {f"v{i}": [[i]] for i in range(5000)}  # each needs a look inside
     namespace["big"] = np.zeros(4 * MiB, np.uint8)
     found = scan(namespace)
     assert found[-1].name == "(scan stopped early)"

@@ -177,7 +177,14 @@ def scan(namespace: Dict[str, Any], traceback: Any = None,
     held, atomic = walk.held, _ATOMIC
     # one Python call per name that can hold anything: this loop is most of a scan's time
     for name, value in list(namespace.items()):
-        if type(value) in atomic or (name[:1] == "_" and name not in _UNDERSCORES):
+        kind = type(value)
+        if kind in atomic or (name[:1] == "_" and name not in _UNDERSCORES):
+            continue
+        # a short list or dict of numbers and strings, checked in C: no call at all
+        if (kind is list or kind is tuple) and len(value) <= 8 and \
+                atomic.issuperset(map(type, value)):
+            continue
+        if kind is dict and len(value) <= 8 and atomic.issuperset(map(type, value.values())):
             continue
         if name == "Out" and type(value) is dict:
             for number, shown in list(value.items()):
