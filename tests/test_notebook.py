@@ -107,3 +107,17 @@ def test_quiet_prints_one_line_and_no_live_shows_only_the_final_view():
     final = outputs_of(nb.cells[2], "display_data")
     assert len(final) == 1 and "text/html" in final[0].data
     assert final[0].data[WIDGET_VIEW], "shown once, at the end, with its widget"
+
+
+def test_an_executed_notebook_converts_to_an_offline_page_with_the_facts():
+    # nbclient saves the widget state, and nbconvert would then draw the panel with widget
+    # scripts from a CDN (blank offline); without the notebook metadata it uses the fallback.
+    from traitlets.config import Config
+
+    nb, error = execute("%load_ext kmem_magic", "%%gpumem\nblock = bytearray(8 * 2**20)")
+    assert error is None and "widgets" in nb.metadata
+    config = Config()
+    config.ClearMetadataPreprocessor.enabled = True
+    page, _ = HTMLExporter(config=config).from_notebook_node(nb)
+    assert WIDGET_VIEW not in page, "no widget left to load from a CDN"
+    assert "kmem-static" in page and "peak" in page and "left behind" in page and "<svg" in page
