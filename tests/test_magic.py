@@ -321,18 +321,25 @@ def test_a_traceback_reads_as_the_bare_cells_with_its_own_number(ip, capsys):
     assert "_cell.py" not in magic_tb and "_magics.py" not in magic_tb, "no kmem frame"
 
 
-@pytest.mark.tensorflow
-def test_after_out_of_memory_the_traceback_is_whole_and_the_frames_are_then_released(
-        ip, capsys):
+def _out_of_memory_cell(ip, calls):
+    """A %%gpumem cell whose step() keeps a 8 MiB activation (weakly noted in ``kept``) and
+    then runs out of memory as TensorFlow says it; ``calls`` is the code that calls it."""
     tf = pytest.importorskip("tensorflow")
     ip.user_ns["tf"] = tf
     run(ip, "import weakref, numpy as np\nkept = []")
     result = run(ip, "%%gpumem --quiet\ndef step(batch):\n    acts = np.ones(2**20)\n"
                      "    kept.append(weakref.ref(acts))\n"
                      "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM when allocating')\n"
-                     "step(7)")
-    out = capsys.readouterr().out
+                     + calls)
     assert isinstance(result.error_in_exec, tf.errors.ResourceExhaustedError)
+    return result
+
+
+@pytest.mark.tensorflow
+def test_after_out_of_memory_the_traceback_is_whole_and_the_frames_are_then_released(
+        ip, capsys):
+    _out_of_memory_cell(ip, "step(7)")
+    out = capsys.readouterr().out
     assert "Cell In[" in out and ", in step(batch)" in out, out
     assert "failed resolving arguments" not in out and "_cell.py" not in out
     assert ip.user_ns["kept"][0]() is None, "the failed frame's activations are released"
@@ -398,14 +405,7 @@ def _plain_frame(line):
 
 @pytest.mark.tensorflow
 def test_a_retry_after_out_of_memory_releases_both_attempts_frames(ip, capsys):
-    tf = pytest.importorskip("tensorflow")
-    ip.user_ns["tf"] = tf
-    run(ip, "import weakref, numpy as np\nkept = []")
-    result = run(ip, "%%gpumem --quiet\ndef step(batch):\n    acts = np.ones(2**20)\n"
-                     "    kept.append(weakref.ref(acts))\n"
-                     "    raise tf.errors.ResourceExhaustedError(None, None, 'OOM')\n"
-                     "try:\n    step(256)\nexcept tf.errors.ResourceExhaustedError:\n"
-                     "    step(128)")
+    _out_of_memory_cell(ip, "try:\n    step(256)\nexcept tf.errors.ResourceExhaustedError:\n"
+                            "    step(128)")
     capsys.readouterr()
-    assert isinstance(result.error_in_exec, tf.errors.ResourceExhaustedError)
     assert [ref() is None for ref in ip.user_ns["kept"]] == [True, True]
