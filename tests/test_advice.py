@@ -97,6 +97,14 @@ def test_near_limit_computes_the_batch_size_that_fits_from_two_measured_sizes():
     assert "12.00 MiB per sample" in s.evidence and "93 % of the limit" in s.title
 
 
+def test_out_of_memory_gets_one_coherent_suggestion_not_a_near_limit_one_too():
+    # A 3 GiB request under a 2 GiB limit: the allocator's peak is what succeeded before it
+    # (768 B); "the peak reached 0 % of the limit" beside "out of memory" contradicted it.
+    cell = record(peak={"jax": 768}, before={"jax": 0}, after={"jax": 0}, limit=2 * GiB,
+                  error_kind="oom", source="big = jnp.ones((3 * GiB // 4,))")
+    assert rules(advise(cell, [], Context())) == ["out-of-memory"]
+
+
 def test_mixed_precision_for_a_float32_model_whose_activations_dominate():
     cell = record(peak={"jax": GiB}, before={"jax": 30 * MiB}, after={"jax": 30 * MiB})
     ctx = Context(dtype_policy="float32", keras_weights_bytes=10 * MiB,

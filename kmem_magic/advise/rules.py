@@ -326,12 +326,18 @@ def mixed_precision(record: CellRecord, history: Sequence[CellRecord], ctx: Cont
 
 
 def near_limit(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
-    """The peak came within 10 % of the limit or the device: say which batch size fits."""
+    """The peak came within 10 % of the limit or the device: say which batch size fits.
+
+    Silent on a cell that ran out of memory: the out-of-memory suggestion says what fits there,
+    and the cell's peak is then only what succeeded before the failed request (a "3 % of the
+    limit" beside "out of memory" would contradict it)."""
+    if record.error_kind == "oom":
+        return None
     for device in record.devices:
         ceiling = device.limit_bytes or device.total_bytes
         alloc = _allocator(record, device.index)
         peak = alloc[1] if alloc else record.peak("process", device.index).bytes
-        if peak is None or (peak < 0.9 * ceiling and record.error_kind != "oom"):
+        if peak is None or peak < 0.9 * ceiling:
             continue
         code, evidence = _batch_fit(record, history, device.index, ceiling)
         what = "the limit" if device.limit_bytes else "the device"
