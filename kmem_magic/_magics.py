@@ -365,8 +365,9 @@ class GpuMem(Magics):
 
     def _remember_and_show(self, record: CellRecord, extra: List[Suggestion], value, args,
                            panel: Optional[Panel]) -> None:
-        suggestions = extra + self._suggest(record, value)
-        record = dataclasses.replace(record, suggestions=tuple(suggestions))
+        suggestions, holders = self._suggest(record, value)
+        record = dataclasses.replace(record, suggestions=tuple(extra + suggestions),
+                                     holders=holders)
         self.history.append(record)
         del self.history[:-self.history_size]  # history_size is at least 1 (validated)
         if args.output:
@@ -395,15 +396,17 @@ class GpuMem(Magics):
                 live.retire()
                 del self.panels[key]
 
-    def _suggest(self, record: CellRecord, value: Any) -> List[Suggestion]:
-        """The suggestions for ``record``; a failure here must never hide the cell's result."""
+    def _suggest(self, record: CellRecord, value: Any) -> tuple:
+        """The suggestions for ``record`` and who holds what it left behind; a failure here
+        must never hide the cell's result."""
         from . import advise
 
         try:
-            return list(advise.suggest(record, self.history, self.shell.user_ns, value))
+            suggestions, holders = advise.read(record, self.history, self.shell.user_ns, value)
+            return list(suggestions), holders
         except Exception as error:
             print(f"kmem_magic: no suggestions this time ({error!r})")
-            return []
+            return [], ()
 
     def _compare(self, code: _cell.Code, args) -> List[Suggestion]:
         """``--compare``: the measured saving of another dtype policy, as a suggestion."""

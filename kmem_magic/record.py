@@ -140,6 +140,15 @@ class Suggestion:
 
 
 @dataclass(frozen=True)
+class Holder:
+    """A name that keeps memory alive after the cell, what it is, and how much it holds."""
+
+    name: str
+    kind: str
+    bytes: int
+
+
+@dataclass(frozen=True)
 class CellRecord:
     """Everything ``%%gpumem`` measured for one cell, and the suggestions made from it."""
 
@@ -164,6 +173,8 @@ class CellRecord:
     # What went wrong inside kmem while measuring (a failed NVML or counter read, ...).
     faults: Tuple[str, ...] = ()
     suggestions: Tuple[Suggestion, ...] = ()
+    # Who holds what the cell left behind, largest first (when it left something).
+    holders: Tuple[Holder, ...] = ()
 
     @property
     def name(self) -> str:
@@ -180,6 +191,25 @@ class CellRecord:
 
     def left_behind(self, source: str, device: Optional[int] = None) -> Optional[int]:
         return self.figures(device).left_behind(source)
+
+    def left_in_frameworks(self) -> Optional[Tuple[int, str]]:
+        """What the cell left behind where the frameworks keep it, and where that was
+        measured: the allocators on the GPUs, else (no GPU) host RSS."""
+        total, known = 0, False
+        for figures in self.gpu.values():
+            for source in figures.sources():
+                if source in NVML_SOURCES:
+                    continue
+                left = figures.left_behind(source)
+                if left is not None:
+                    total, known = total + left, True
+        if known:
+            return total, "the framework allocators"
+        if not self.devices:
+            left = self.left_behind(HOST)
+            if left is not None:
+                return left, "host memory (no GPU)"
+        return None
 
     def headline(self) -> Tuple[Peak, str, Optional[int], Optional[int]]:
         """``(peak, source, device, left behind)`` of the figure that best sums up the cell:
@@ -231,6 +261,7 @@ class CellRecord:
         data["frameworks"] = tuple(data.get("frameworks", ()))
         data["faults"] = tuple(data.get("faults", ()))
         data["suggestions"] = tuple(Suggestion(**s) for s in data.get("suggestions", ()))
+        data["holders"] = tuple(Holder(**h) for h in data.get("holders", ()))
         return cls(timeline=timeline, **data)
 
     @classmethod

@@ -2,6 +2,7 @@
 containers and objects), bounded in depth and in work."""
 
 import numpy as np
+import pytest
 
 from kmem_magic.advise import holders
 from kmem_magic.advise.holders import scan
@@ -68,3 +69,28 @@ def test_an_old_traceback_from_the_cells_own_frame_does_not_count_the_namespace_
     except ZeroDivisionError as error:
         tb = error.__traceback__
     assert [h.name for h in scan(namespace, tb)] == ["cache"], "not 'the last traceback' too"
+
+
+@pytest.mark.tensorflow
+def test_every_report_of_a_cell_that_left_memory_names_its_holders(fresh):
+    pytest.importorskip("tensorflow")
+    result = fresh("""
+        ip.run_line_magic("load_ext", "kmem_magic")
+        cell("import numpy as np, keras, tensorflow as tf")
+        cell("%%gpumem --quiet\\nheld = tf.ones((4096, 4096, 4))")
+        RESULT["held"] = [[h.name, h.kind, h.bytes] for h in last().holders]
+        from kmem_magic.show.text import summary
+        RESULT["summary"] = summary(last())
+        cell("%%gpumem --quiet\\nsmall = 1")
+        RESULT["nothing"] = list(last().holders)
+        cell("%%gpumem --quiet\\nmodel = keras.Sequential([keras.Input((1024,)), "
+             "keras.layers.Dense(4096)])\\nmodel.compile('adam', 'mse')\\n"
+             "model.fit(np.ones((64, 1024)), np.ones((64, 4096)), verbose=0)")
+        RESULT["model"] = [[h.name, h.kind, h.bytes] for h in last().holders]
+    """)
+    name, kind, size = result["held"][0]
+    assert name == "held" and kind == "TensorFlow tensor" and size == 256 * 2**20
+    assert "held by: held (TensorFlow tensor, 256.00 MiB)" in result["summary"]
+    assert result["nothing"] == [], "a cell that left nothing lists no holders"
+    model = [h for h in result["model"] if h[0] == "model"]
+    assert model and "weights 16.02 MiB, optimizer slots 32.03 MiB" in model[0][1], result["model"]

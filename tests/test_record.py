@@ -58,3 +58,11 @@ def test_importing_kmem_magic_is_cheap(fresh):
     """)
     assert result["heavy"] == [], "no framework, NVML, matplotlib or ipywidgets at import"
     assert result["after_load"] == [], "loading the extension starts or imports no framework"
+
+
+def test_holders_survive_the_json_round_trip():
+    from kmem_magic.record import CellRecord, Holder
+
+    record = CellRecord(3, "", 0.5, None, "growth", 0.1,
+                        holders=(Holder("held", "TensorFlow tensor", 2**28),))
+    assert CellRecord.from_json(record.to_json()).holders == record.holders

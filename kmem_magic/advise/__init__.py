@@ -10,22 +10,41 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, Sequence, Tuple
 
-from ..record import CellRecord, Suggestion
+from ..record import CellRecord, Holder, Suggestion
+from ..sizes import MiB
 from .holders import keras_dtype_policy, keras_state, scan
 from .rules import Context, advise
+
+MIN_LEFT = 16 * MiB  # a cell that left less behind gets no list of holders
 
 
 def suggest(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str, Any],
             value: Any = None) -> Tuple[Suggestion, ...]:
     """The suggestions for ``record``, a cell run in ``namespace`` whose result is ``value``
     (which IPython is about to keep in ``Out``); ``history`` holds the earlier records."""
+    return read(record, history, namespace, value)[0]
+
+
+def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str, Any],
+         value: Any = None) -> Tuple[Tuple[Suggestion, ...], Tuple[Holder, ...]]:
+    """The suggestions for ``record`` and, when the cell left at least :data:`MIN_LEFT`
+    behind, who holds it (the namespace is scanned once for both, and only when needed)."""
     shown: Dict[str, Any] = {}
     if value is not None:
         shown[f"Out[{record.execution_count}]"] = value
     context = Context(
         live_objects=lambda: scan({**shown, **namespace}, getattr(sys, "last_traceback", None)),
         dtype_policy=keras_dtype_policy(), keras_state=lambda: keras_state(namespace))
-    return tuple(advise(record, history, context))
+    suggestions = tuple(advise(record, history, context))
+    left = record.left_in_frameworks()
+    holders: Tuple[Holder, ...] = ()
+    if left is not None and left[0] >= MIN_LEFT:
+        holders = tuple(Holder(h.name, h.kind, h.bytes) for h in context.live if h.bytes)
+        rest = left[0] - sum(h.bytes for h in holders)
+        if rest >= MiB:  # never hidden: what no object of the user's accounts for
+            holders += (Holder("unaccounted", "no object kmem can see: the framework's pool "
+                               "and caches, or Keras' global state", rest),)
+    return suggestions, holders
 
 
-__all__ = ["Context", "advise", "scan", "suggest"]
+__all__ = ["Context", "advise", "read", "scan", "suggest"]

@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .. import backends
 from ..backends import loaded
-from ..sizes import nbytes, total_nbytes
+from ..sizes import format_bytes, nbytes, total_nbytes
 
 MIN_BYTES = 1 << 20  # objects under 1 MiB are not worth a line
 
@@ -45,7 +45,10 @@ def measure(value: Any) -> Optional[Tuple[str, int]]:
     (containers are :func:`scan`'s business)."""
     keras = loaded("keras")
     if keras is not None and isinstance(value, keras.layers.Layer):
-        return f"Keras {type(value).__name__}", sum(_keras_split(value))
+        weights, slots = _keras_split(value)
+        split = f": weights {format_bytes(weights)}" + (
+            f", optimizer slots {format_bytes(slots)}" if slots else "")
+        return f"Keras {type(value).__name__}{split}", weights + slots
     if keras is not None and isinstance(value, keras.Variable):
         return "Keras variable", nbytes(value.shape, value.dtype)
     found = backends.sizeof(value)
@@ -175,10 +178,14 @@ def scan(namespace: Dict[str, Any], traceback: Any = None,
     found: List[LiveObject] = []
     walk = _Walk()
     held, atomic = walk.held, _ATOMIC
+    displayed = []  # Out[] and _: after the user's own names, which an object is counted under
     # one Python call per name that can hold anything: this loop is most of a scan's time
     for name, value in list(namespace.items()):
         kind = type(value)
         if kind in atomic or (name[:1] == "_" and name not in _UNDERSCORES):
+            continue
+        if name in _UNDERSCORES or name.startswith("Out"):
+            displayed.append((name, value))
             continue
         # a short list or dict of numbers and strings, checked in C: no call at all
         if (kind is list or kind is tuple) and len(value) <= 8 and \
@@ -186,15 +193,15 @@ def scan(namespace: Dict[str, Any], traceback: Any = None,
             continue
         if kind is dict and len(value) <= 8 and atomic.issuperset(map(type, value.values())):
             continue
-        if name == "Out" and type(value) is dict:
-            for number, shown in list(value.items()):
-                holder = walk.holder(f"Out[{number}]", shown)
-                if holder is not None and holder.bytes >= min_bytes:
-                    found.append(holder)
-            continue
         size, kinds, itself = held(value, 1)
         if size >= min_bytes:
             found.append(walk.describe(name, value, size, kinds, itself))
+    for name, value in displayed:
+        shown = list(value.items()) if name == "Out" and type(value) is dict else [(None, value)]
+        for number, item in shown:
+            holder = walk.holder(name if number is None else f"Out[{number}]", item)
+            if holder is not None and holder.bytes >= min_bytes:
+                found.append(holder)
     if traceback is not None:
         held = 0
         while traceback is not None:

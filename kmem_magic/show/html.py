@@ -13,7 +13,7 @@ from typing import List, Sequence
 from ..backends import color, label
 from ..record import HOST, CellRecord, Device, Suggestion
 from ..sizes import format_bytes
-from .text import saving, title
+from .text import holders_line, saving, title
 
 
 def header(title: str, devices: Sequence[Device]) -> str:
@@ -61,6 +61,8 @@ def final_stats(record: CellRecord, note_gpu: bool = True) -> str:
                 f"{format_bytes(figures.left_behind(source), signed=True)}</td></tr>")
     note = f"<br><small>this process: {html.escape(record.process_note)}</small>" \
         if record.process_note else ""
+    if record.holders:
+        note += f"<br><small>{html.escape(holders_line(record))}</small>"
     if record.gpu_note and note_gpu:
         note += (f"<br><small>no GPU: {html.escape(record.gpu_note)}; host memory only (said "
                  "once per kernel)</small>")

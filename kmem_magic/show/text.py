@@ -49,6 +49,8 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
         lines.append(f"no GPU: {record.gpu_note}; host memory only (said once per kernel)")
     lines.append("host")
     lines += _figure_lines(record.host)
+    if record.holders:
+        lines.append(holders_line(record))
     if record.faults:
         lines.append(f"kmem: {len(record.faults)} fault(s) while measuring (those figures are "
                      f"unknown), the first: {record.faults[0]}")
@@ -56,6 +58,13 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
         lines.append("suggestions")
         lines += [line for s in record.suggestions for line in suggestion_lines(s)]
     return "\n".join(lines)
+
+
+def holders_line(record: CellRecord) -> str:
+    """``held by: model (Keras Sequential, 1.20 GiB), Out[3] (...), unaccounted (...)``: who
+    holds what the cell left behind, the rest included (never hidden)."""
+    return "held by: " + ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})"
+                                   for h in record.holders[:8])
 
 
 def saving(suggestion: Suggestion) -> str:
