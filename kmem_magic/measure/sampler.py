@@ -116,11 +116,6 @@ class Sampler:
             self.timeline = _copy(self.timeline)
         return done
 
-    @property
-    def alive(self) -> bool:
-        """Whether the thread still runs (an abandoned one until its slow call returns)."""
-        return self._thread is not None and self._thread.is_alive()
-
     def __enter__(self) -> "Sampler":
         self.start()
         return self
