@@ -167,6 +167,7 @@ class CellRecord:
     process_note: Optional[str] = None
     error: Optional[str] = None
     error_kind: Optional[str] = None  # "exception" | "oom" | "interrupt"
+    error_message: str = ""  # the error's text, its first 2,000 characters
     source: str = ""  # the cell's code, to recognise re-runs and patterns
     # Other processes on each GPU at the cell's end: (pid, name or None, bytes or None).
     others: Dict[int, Tuple[tuple, ...]] = field(default_factory=dict)

@@ -4,6 +4,8 @@ Invariant 1: kmem never starts a framework itself. Then a real ``model.fit`` und
 on every backend that is installed (on the CPU here; the same tests run on the GPU machine).
 """
 
+import os
+
 import pytest
 
 BACKENDS = ["tensorflow", "jax", "torch"]
@@ -133,3 +135,30 @@ def test_a_module_still_being_imported_is_not_loaded(tmp_path, monkeypatch):
     assert kmem_slow_import.DURING is None
     assert loaded("kmem_slow_import") is kmem_slow_import
     assert loaded("kmem_no_such_module") is None
+
+
+def test_the_failed_request_is_read_from_each_frameworks_real_out_of_memory_message():
+    import json
+
+    from kmem_magic import backends
+
+    path = os.path.join(os.path.dirname(__file__), "fixtures", "oom_messages.json")
+    for case in json.load(open(path)):  # captured from real errors; version and source beside
+        assert backends.oom_request(case["message"]) == case["bytes"], case["version"]
+        assert backends.by_name(case["backend"]).oom_request(case["message"]) == case["bytes"]
+    assert backends.oom_request("ValueError: shapes (3,) and (4,) do not align") is None
+
+
+@pytest.mark.tensorflow
+def test_an_out_of_memory_report_names_the_request_that_failed(fresh):
+    pytest.importorskip("tensorflow")
+    result = fresh("""
+        ip.run_line_magic("load_ext", "kmem_magic")
+        cell("import tensorflow as tf")
+        r = cell("%%gpumem --quiet\\nbig = tf.zeros((2**40,))")
+        RESULT["kind"] = last().error_kind
+        RESULT["rules"] = [s["rule"] for s in advice()]
+        RESULT["evidence"] = advice()[0]["evidence"]
+    """)
+    assert result["kind"] == "oom" and result["rules"] == ["out-of-memory"]
+    assert result["evidence"].startswith("the request that failed: 4.00 TiB"), result["evidence"]

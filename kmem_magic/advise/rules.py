@@ -390,6 +390,12 @@ def out_of_memory(record: CellRecord, history: Sequence[CellRecord], ctx: Contex
         code += "\n%gpumem --limit ...   # or raise the limit, if the device has room"
     code += "\n# the failed cell's frames were released: this kernel can go on, no restart"
     evidence = "; ".join(parts) or "no allocator figures"
+    request = backends.oom_request(record.error_message)
+    if request is not None:
+        ceiling = record.devices[0].limit_bytes if record.devices else None
+        evidence = (f"the request that failed: {format_bytes(request)}"
+                    + (f", under a limit of {format_bytes(ceiling)}" if ceiling else "")
+                    + f"; {evidence}")
     if holders:
         evidence += f". Still alive: {holders}"
     return Suggestion("out-of-memory", f"Out of memory ({record.error})", evidence + ". " + fit,

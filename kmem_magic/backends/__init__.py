@@ -50,6 +50,16 @@ def is_oom(error: BaseException) -> bool:
     return any(backend.is_oom(error) for backend in BACKENDS)
 
 
+def oom_request(message: str) -> Optional[int]:
+    """The bytes of the request that failed, read from any framework's out-of-memory
+    message (None when none says)."""
+    for backend in BACKENDS:
+        found = backend.oom_request(message)
+        if found is not None:
+            return found
+    return None
+
+
 def sizeof(value: Any) -> Optional[Tuple[str, int]]:
     """``(kind, bytes)`` when ``value`` is a tensor of a framework, else None."""
     for backend in BACKENDS:
@@ -79,4 +89,5 @@ def color(source: str) -> str:
 
 
 __all__ = ["BACKENDS", "NAMES", "Backend", "Report", "Setup", "by_name", "color",
-           "is_oom", "keras_backend", "label", "loaded", "sizeof", "started", "tensor_types"]
+           "is_oom", "keras_backend", "label", "loaded", "oom_request", "sizeof", "started",
+           "tensor_types"]

@@ -164,5 +164,21 @@ class Backend:
     def is_oom(self, error: BaseException) -> bool:
         return False
 
+    def oom_request(self, message: str) -> Optional[int]:
+        """The bytes of the request that failed, read from this framework's out-of-memory
+        message (None when the message does not say)."""
+        return None
+
     def __repr__(self) -> str:
         return f"<kmem backend {self.name}>"
+
+
+_UNITS = {"B": 1, "bytes": 1, "KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
+
+
+def amount(number: str, unit: str) -> int:
+    """``518.00`` ``MiB`` as bytes (the units frameworks print in their errors)."""
+    return int(float(number) * _UNITS[unit])
+
+
+SIZE_PATTERN = r"([\d.]+)\s*(TiB|GiB|MiB|KiB|bytes|B)\b"

@@ -16,11 +16,12 @@ autotuner's scratch buffers, which XLA takes only when free.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ..record import Device, Peak
 from ..sizes import total_nbytes
-from ._base import Backend, Report, Setup, loaded, too_late
+from ._base import SIZE_PATTERN, Backend, Report, Setup, amount, loaded, too_late
 
 PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
 # jaxlib reads the newer XLA_CLIENT_MEM_FRACTION first and raises if both are set, so kmem sets
@@ -122,6 +123,12 @@ class Jax(Backend):
         if jax is not None and isinstance(value, jax.Array):
             return "jax array", int(value.nbytes)
         return None
+
+    def oom_request(self, message: str) -> Optional[int]:
+        # XLA on a GPU: "while trying to allocate 518.00MiB"; on the CPU: "allocating N bytes"
+        found = re.search(r"(?:trying to allocate|Out of memory allocating) " + SIZE_PATTERN,
+                          message)
+        return amount(*found.groups()) if found else None
 
     def is_oom(self, error: BaseException) -> bool:
         return self.is_imported() and "RESOURCE_EXHAUSTED" in str(error)[:2000]

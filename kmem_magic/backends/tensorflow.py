@@ -12,11 +12,17 @@ once :meth:`TensorFlow.is_initialized` says the user's code has started it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..record import Device, Peak
 from ..sizes import MiB, nbytes
-from ._base import Backend, Report, Setup, loaded, too_late
+from ._base import SIZE_PATTERN, Backend, Report, Setup, amount, loaded, too_late
+
+# bytes per element of the type names TensorFlow's OOM message uses
+_TYPE_BYTES = {"float": 4, "half": 2, "bfloat16": 2, "double": 8, "int8": 1, "uint8": 1,
+               "int16": 2, "uint16": 2, "int32": 4, "uint32": 4, "int64": 8, "uint64": 8,
+               "bool": 1, "complex64": 8, "complex128": 16}
 
 GROWTH_ENV = "TF_FORCE_GPU_ALLOW_GROWTH"
 
@@ -152,6 +158,17 @@ class TensorFlow(Backend):
         if tf is not None and isinstance(value, (tf.Tensor, tf.Variable)):
             return "TensorFlow tensor", nbytes(value.shape, value.dtype)
         return None
+
+    def oom_request(self, message: str) -> Optional[int]:
+        found = re.search(r"OOM when allocating tensor with shape\[([\d,\s]*)\] and type (\w+)",
+                          message)
+        if found is None:
+            found = re.search(r"trying to allocate " + SIZE_PATTERN, message)  # XLA under TF
+            return amount(*found.groups()) if found else None
+        elements = 1
+        for dim in filter(None, (d.strip() for d in found.group(1).split(","))):
+            elements *= int(dim)
+        return elements * _TYPE_BYTES.get(found.group(2), 4)
 
     def is_oom(self, error: BaseException) -> bool:
         errors = getattr(loaded("tensorflow"), "errors", None)

@@ -13,10 +13,11 @@ only once :meth:`Torch.is_initialized` is true anyway.
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from ..record import Device, Peak
-from ._base import Backend, Report, Setup, loaded, too_late
+from ._base import SIZE_PATTERN, Backend, Report, Setup, amount, loaded, too_late
 
 SEGMENTS = "expandable_segments:True"
 
@@ -159,6 +160,10 @@ class Torch(Backend):
             import torch
 
             torch.cuda.empty_cache()
+
+    def oom_request(self, message: str) -> Optional[int]:
+        found = re.search(r"Tried to allocate " + SIZE_PATTERN, message)
+        return amount(*found.groups()) if found else None
 
     def is_oom(self, error: BaseException) -> bool:
         torch = loaded("torch")

@@ -151,6 +151,7 @@ class Measurement:
             process_note=self.sampler.process_note,
             error=None if error is None else type(error).__name__,
             error_kind=_error_kind(error),
+            error_message=_message(error),
             source=self.source,
             others=end.others if end else {},
             faults=tuple(self.faults + self.sampler.errors),
@@ -297,6 +298,14 @@ def _sampled_peak(timeline: Timeline, source: str, device, figures: Figures, how
     if not known:
         return Peak(None, False, "no reading succeeded")
     return Peak(max(known), False, how)
+
+
+def _message(error: Optional[BaseException]) -> str:
+    """The error's text (its start), or "" when there is none or its ``str`` fails."""
+    try:
+        return "" if error is None else str(error)[:2000]
+    except Exception:
+        return ""
 
 
 def _error_kind(error: Optional[BaseException]) -> Optional[str]:
