@@ -61,21 +61,11 @@ def _allocator(record: CellRecord, device: int) -> Optional[tuple]:
 
 def _framework_left(record: CellRecord) -> Optional[tuple]:
     """What the cell left behind in framework memory, and where it was measured: the
-    allocators on the GPUs, else (no GPU) the host, where the frameworks then keep it."""
-    total, known = 0, False
-    for device, figures in record.gpu.items():
-        for name in backends.NAMES:
-            left = figures.left_behind(name)
-            if left is not None:
-                total += left
-                known = True
-    if known:
-        return total, "the framework allocators"
-    if not record.devices and record.backend:
-        left = record.left_behind("host")
-        if left is not None:
-            return left, "host memory (no GPU)"
-    return None
+    allocators on the GPUs, else (no GPU, and Keras running) the host, where the frameworks
+    then keep it."""
+    if not record.devices and not record.backend:
+        return None  # host memory without a framework is not the frameworks'
+    return record.left_in_frameworks()
 
 
 def _identifier(name: str) -> bool:

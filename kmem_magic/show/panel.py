@@ -131,8 +131,8 @@ class Panel:
         self.record = record
         self.static = {"text/html": html.static(record, note_gpu),
                        "text/plain": summary or text.summary(record)}
-        last = max((s.t_s[-1] for s in record.timeline.series.values() if s.t_s), default=0.0)
-        final = {"elapsed": max(record.wall_s, last), "series": {}, "sources": {}, "peaks": [],
+        final = {"elapsed": max(record.wall_s, timeline_elapsed(record.timeline)),
+                 "series": {}, "sources": {}, "peaks": [],
                  "marks": [[t, str(m)] for t, m in record.timeline.marks[:200]]}
         for key, series in record.timeline.series.items():
             t, v = downsample(series.t_s, series.values)
