@@ -15,7 +15,7 @@ import os
 import sys
 import tokenize
 import traceback
-from typing import Any, Dict, NamedTuple, Optional
+from typing import Any, Callable, Dict, NamedTuple, Optional
 
 
 class TopLevelAwait(ValueError):
@@ -82,15 +82,19 @@ def compile_cell(shell: Any, line: str, cell: str) -> Code:
     return Code(body, expr, filename)
 
 
-def release_after_traceback(shell: Any, error: BaseException) -> None:
+def release_after_traceback(shell: Any, error: BaseException,
+                            then: Optional[Callable[[], None]] = None) -> None:
     """Clear the locals of the frames ``error`` went through (the user's, not kmem's) once
-    IPython has shown its traceback: the traceback reads as the bare cell's, and the tensors a
-    failed cell's frames held (an out-of-memory error's batch, activations) are released before
-    the next cell, which ``sys.last_traceback`` would otherwise keep alive."""
+    IPython has shown its traceback, then call ``then``: the traceback reads as the bare
+    cell's, and the tensors a failed cell's frames held (an out-of-memory error's batch,
+    activations) are released before the next cell, which ``sys.last_traceback`` would
+    otherwise keep alive."""
     def release(*_args) -> None:
         shell.events.unregister("post_run_cell", release)
         for tb in _tracebacks(error):
             _clear_frames(tb)
+        if then is not None:
+            then()
 
     shell.events.register("post_run_cell", release)
 
@@ -106,18 +110,34 @@ def _tracebacks(error: BaseException) -> list:
     return found
 
 
+def failed_frames(tb) -> list:
+    """The frames of a failed cell, outermost first: from the cell's own frame down to the
+    innermost frame of the traceback ``tb``, following each frame's caller, so that the
+    frames Keras' traceback filter leaves out of ``tb`` are there too (its ``fit`` and step
+    frames, whose locals hold the batch and the training state). Nothing above the cell:
+    kmem's and the kernel's frames, some still running, are never part of it."""
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    frames, frame = [], tb.tb_frame if tb is not None else None
+    while frame is not None and not frame.f_code.co_filename.startswith(_PACKAGE):
+        frames.append(frame)
+        if frame.f_locals is frame.f_globals:  # module-level code: the cell's own frame
+            break
+        frame = frame.f_back
+    return frames[::-1]
+
+
 def _clear_frames(tb) -> None:
-    """Clear the locals of the user's frames in ``tb`` (kmem's own are left alone)."""
-    while tb is not None:
-        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+    """Clear the locals of the failed cell's frames (kmem's own are left alone)."""
+    for frame in failed_frames(tb):
+        if frame.f_locals is not frame.f_globals:  # the cell's frame is the namespace
             try:
-                tb.tb_frame.clear()
+                frame.clear()
                 # Before Python 3.13, showing the traceback left a snapshot of the locals in
                 # the frame's f_locals: reading it again re-syncs it with the cleared frame.
-                tb.tb_frame.f_locals
+                frame.f_locals
             except RuntimeError:  # still running (a caller of the cell): nothing to free
                 pass
-        tb = tb.tb_next
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import os
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
@@ -283,23 +284,69 @@ class GpuMem(Magics):
         except BaseException as raised:
             error = raised
             _cell.traceback_from_body(self.shell, code)
-            if _is_oom(raised):
-                # Out of memory: the failed frames' locals (batches, activations) would keep the
-                # memory alive through sys.last_traceback; released once it has been shown.
-                _cell.release_after_traceback(self.shell, raised)
             raise
         finally:
+            oom = error is not None and _is_oom(error)
             with held() as late:
                 record = self._finish(measurement, error, panel)
+                if oom and record is not None:
+                    record = self._examine(record, error, code)
             # --compare runs the cell's training again: Ctrl-C must reach it
             extra = self._compare(code, args) if record is not None and args.compare and \
                 error is None else []
-            with held() as later:
-                self._conclude(record, extra, value, args, panel)
-            if late.count or later.count:
-                kept = "its result is kept" if error is None else "its own error stands"
-                _say(panel, "An interrupt arrived while kmem was finishing its report; the "
-                     f"cell had already run, and {kept}.")
+            if oom:
+                # Out of memory: the failed frames' locals (batches, activations) would keep the
+                # memory alive through sys.last_traceback. They are released once IPython has
+                # shown the traceback, and the report (below it) says what came back.
+                _cell.release_after_traceback(self.shell, error, then=functools.partial(
+                    self._conclude_released, record, extra, args, panel, late.count))
+            else:
+                with held() as later:
+                    self._conclude(record, extra, value, args, panel)
+                _say_interrupted(panel, late.count + later.count, error)
+
+    def _examine(self, record: CellRecord, error: BaseException,
+                 code: _cell.Code) -> CellRecord:
+        """``record`` with the out-of-memory post-mortem and the failed step's plan, read
+        while the failed frames are alive (a failure here costs only the post-mortem)."""
+        from . import backends
+        from .advise import postmortem
+
+        try:
+            note = ""
+            if backends.keras_backend() == "jax":
+                restored = backends.by_name("jax").restore_keras_state(
+                    _cell.failed_frames(error.__traceback__))
+                if restored:
+                    note = ("Keras' jax trainer had taken the weights of "
+                            f"{', '.join(repr(name) for name in restored)} "
+                            "out of its variables for the step that failed; kmem put them back, "
+                            "so the model trains on")
+            found = dataclasses.replace(postmortem.examine(
+                error, record, self.shell.user_ns, code.filename), note=note)
+            record = dataclasses.replace(record, postmortem=found)
+            plan, fits = postmortem.plan_after(error, record, self.shell.user_ns)
+            return dataclasses.replace(record, step_plan=plan, postmortem=dataclasses.replace(
+                found, batch_that_fits=fits))
+        except Exception as failure:
+            print(f"kmem_magic: no post-mortem this time ({failure!r})")
+            return record
+
+    def _conclude_released(self, record: Optional[CellRecord], extra: List[Suggestion], args,
+                           panel: Optional[Panel], interrupted: int) -> None:
+        """After an out-of-memory error's frames were released: the figures read again, then
+        the report, as :meth:`_conclude` (never raises into the kernel)."""
+        from .advise.postmortem import released
+
+        with held() as later:
+            if record is not None:
+                try:
+                    record = released(record)
+                except Exception as failure:
+                    print(f"kmem_magic: could not read memory after releasing the failed "
+                          f"frames ({failure!r})")
+            self._conclude(record, extra, None, args, panel)
+        _say_interrupted(panel, interrupted + later.count, True)
 
     def _start(self, policy: Policy, interval: float, number: Optional[int],
                cell: str) -> Optional[Measurement]:
@@ -367,7 +414,7 @@ class GpuMem(Magics):
                            panel: Optional[Panel]) -> None:
         suggestions, holders = self._suggest(record, value)
         record = dataclasses.replace(record, suggestions=tuple(extra + suggestions),
-                                     holders=holders)
+                                     holders=holders, step_plan=self._step_plan(record))
         self.history.append(record)
         del self.history[:-self.history_size]  # history_size is at least 1 (validated)
         if args.output:
@@ -395,6 +442,19 @@ class GpuMem(Magics):
             if len(self.panels) > LIVE_PANELS or id(live.record) not in kept:
                 live.retire()
                 del self.panels[key]
+
+    def _step_plan(self, record: CellRecord):
+        """Where the peak of the Keras step this cell trained goes, from the planning model
+        (None for a cell that trains no model kmem can read; never raises)."""
+        if record.step_plan is not None or record.error_kind or ".fit(" not in record.source:
+            return record.step_plan
+        try:
+            from .plan.breakdown import step_plan, trained_model
+
+            found = trained_model(record.source, self.shell.user_ns)
+            return step_plan(*found) if found else None
+        except Exception:  # the plan is an extra: a model it cannot read gets none
+            return None
 
     def _suggest(self, record: CellRecord, value: Any) -> tuple:
         """The suggestions for ``record`` and who holds what it left behind; a failure here
@@ -462,6 +522,13 @@ def _plain_help(doc: str) -> str:
 
 for _magic in (GpuMem.gpumem_line, GpuMem.gpumem_cell):
     _magic.__doc__ = _plain_help(_magic.__doc__ or "")
+
+
+def _say_interrupted(panel: Optional[Panel], count: int, error: Any) -> None:
+    if count:
+        kept = "its result is kept" if error is None else "its own error stands"
+        _say(panel, "An interrupt arrived while kmem was finishing its report; the cell had "
+             f"already run, and {kept}.")
 
 
 def _is_oom(error: BaseException) -> bool:

@@ -149,6 +149,67 @@ class Holder:
 
 
 @dataclass(frozen=True)
+class PostMortem:
+    """What an out-of-memory error was, read while its frames were still alive.
+
+    ``request_bytes`` is the allocation that failed (from the framework's message) and
+    ``limit_bytes`` the limit it hit; ``where`` says where it failed, in words, and ``how``
+    how kmem knows (``"traceback"``: a Keras layer's frame; ``"message"``: the layer the error
+    names; ``"size"``: the request is that layer's output; ``"estimate"``: inside a compiled
+    step, the planning model's largest layer; ``"line"``: the cell's line). ``live`` splits
+    what the allocator had in use at the failure (``in_use_bytes``) into the model's weights,
+    its optimizer slots, the failed frames' tensors, other arrays and the rest; after kmem
+    released the failed frames, ``in_use_after_bytes`` was in use. ``batch_that_fits`` is the
+    largest batch the planning model predicts to fit the limit (an estimate)."""
+
+    source: str  # the allocator (a backend's name), or "host" without a GPU
+    request_bytes: Optional[int] = None
+    request_shape: str = ""
+    limit_bytes: Optional[int] = None
+    where: str = ""
+    how: str = ""
+    layer: str = ""
+    model: str = ""
+    batch_size: Optional[int] = None
+    in_use_bytes: Optional[int] = None
+    live: Tuple["Holder", ...] = ()
+    in_use_after_bytes: Optional[int] = None
+    batch_that_fits: Optional[int] = None
+    note: str = ""  # what kmem repaired (a Keras model given back its weights)
+
+    @property
+    def released_bytes(self) -> Optional[int]:
+        """What came back once kmem released the failed frames (None when unknown)."""
+        if self.in_use_bytes is None or self.in_use_after_bytes is None:
+            return None
+        return self.in_use_bytes - self.in_use_after_bytes
+
+
+@dataclass(frozen=True)
+class StepPart:
+    """One bar of where a training step's peak goes: ``kind`` is weights, gradients,
+    optimizer, activations (of the layer ``name``), batch or temporary."""
+
+    name: str
+    kind: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """The planning model's view of one Keras training step the cell ran: its largest parts
+    and predicted peak (estimated, never measured), beside which the views put the measured
+    peak."""
+
+    model: str
+    batch_size: int
+    backend: str
+    dtype: str
+    predicted_bytes: int
+    parts: Tuple[StepPart, ...] = ()
+
+
+@dataclass(frozen=True)
 class CellRecord:
     """Everything ``%%gpumem`` measured for one cell, and the suggestions made from it."""
 
@@ -176,6 +237,9 @@ class CellRecord:
     suggestions: Tuple[Suggestion, ...] = ()
     # Who holds what the cell left behind, largest first (when it left something).
     holders: Tuple[Holder, ...] = ()
+    # An out-of-memory error's post-mortem, and the planned parts of a Keras step's peak.
+    postmortem: Optional[PostMortem] = None
+    step_plan: Optional[StepPlan] = None
 
     @property
     def name(self) -> str:
@@ -263,6 +327,14 @@ class CellRecord:
         data["faults"] = tuple(data.get("faults", ()))
         data["suggestions"] = tuple(Suggestion(**s) for s in data.get("suggestions", ()))
         data["holders"] = tuple(Holder(**h) for h in data.get("holders", ()))
+        if data.get("postmortem"):
+            raw = dict(data["postmortem"])
+            raw["live"] = tuple(Holder(**h) for h in raw.get("live", ()))
+            data["postmortem"] = PostMortem(**raw)
+        if data.get("step_plan"):
+            raw = dict(data["step_plan"])
+            raw["parts"] = tuple(StepPart(**p) for p in raw.get("parts", ()))
+            data["step_plan"] = StepPlan(**raw)
         return cls(timeline=timeline, **data)
 
     @classmethod

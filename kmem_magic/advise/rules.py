@@ -15,7 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import backends
 from ..plan.finder import fit_line
-from ..record import CellRecord, Suggestion
+from ..record import HOST, CellRecord, Suggestion
 from ..sizes import GiB, MiB, format_bytes
 from .holders import LiveObject
 
@@ -363,33 +363,87 @@ def _batch_fit(record, history, device: int, ceiling: int):
 
 
 def out_of_memory(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
-    """The cell ran out of memory: what filled it, and what would fit."""
+    """The cell ran out of memory: the request that failed, where, what was live, what came
+    back once kmem released the failed frames, and one next step computed from those numbers."""
     if record.error_kind != "oom":
         return None
-    holders = ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})" for h in ctx.live[:5])
-    parts = []
-    for device in record.devices:
-        alloc = _allocator(record, device.index)
-        if alloc:
-            parts.append(f"GPU {device.index}: {alloc[0]} allocator peak {format_bytes(alloc[1])}"
-                         f" of {format_bytes(device.limit_bytes or device.total_bytes)}")
-    code, fit = (_batch_fit(record, history, record.devices[0].index,
-                            record.devices[0].limit_bytes or record.devices[0].total_bytes)
-                 if record.devices else ("# use a smaller batch size", ""))
-    if record.devices and record.devices[0].limit_bytes:
-        code += "\n%gpumem --limit ...   # or raise the limit, if the device has room"
-    code += "\n# the failed cell's frames were released: this kernel can go on, no restart"
-    evidence = "; ".join(parts) or "no allocator figures"
-    request = backends.oom_request(record.error_message)
+    pm = record.postmortem
+    device = record.devices[0] if record.devices else None
+    ceiling = (device.limit_bytes or device.total_bytes) if device else None
+    request = pm.request_bytes if pm else backends.oom_request(record.error_message)
+    facts = []
     if request is not None:
-        ceiling = record.devices[0].limit_bytes if record.devices else None
-        evidence = (f"the request that failed: {format_bytes(request)}"
-                    + (f", under a limit of {format_bytes(ceiling)}" if ceiling else "")
-                    + f"; {evidence}")
-    if holders:
-        evidence += f". Still alive: {holders}"
-    return Suggestion("out-of-memory", f"Out of memory ({record.error})", evidence + ". " + fit,
+        facts.append(f"the request that failed: {format_bytes(request)}"
+                     + (f" (shape {pm.request_shape})" if pm and pm.request_shape else "")
+                     + (f", under a limit of {format_bytes(device.limit_bytes)}"
+                        if device and device.limit_bytes else ""))
+    title = f"Out of memory ({record.error})"
+    if pm is not None and pm.where:
+        if pm.how in ("traceback", "message", "size"):
+            title = f"Out of memory in {pm.where}"
+            if pm.how == "size":
+                facts.append(f"{pm.layer}'s output at batch {pm.batch_size} is the request")
+        else:
+            facts.append(f"where: {pm.where}")
+    facts.append(_live_at_failure(record, pm))
+    if pm is not None and pm.note:
+        facts.append(pm.note)
+    code, fit = _next_step(record, history, pm, request, ceiling)
+    code += "\n# the failed cell's frames were released: this kernel can go on, no restart"
+    return Suggestion("out-of-memory", title, "; ".join(f for f in facts if f) + ". " + fit,
                       code)
+
+
+def _live_at_failure(record: CellRecord, pm) -> str:
+    """What the allocator had in use at the failure, what of it kmem can name, and what came
+    back once the failed frames were released."""
+    if pm is None or pm.in_use_bytes is None:
+        parts = []
+        for device in record.devices:
+            alloc = _allocator(record, device.index)
+            if alloc:
+                parts.append(f"GPU {device.index}: {alloc[0]} allocator peak "
+                             f"{format_bytes(alloc[1])}")
+        return "; ".join(parts) or "no allocator figures"
+    where = backends.label(pm.source)
+    text = f"in use at the failure ({where}): {format_bytes(pm.in_use_bytes)}"
+    if pm.live:
+        text += ": " + ", ".join(f"{h.name} {format_bytes(h.bytes)} ({h.kind})" for h in pm.live)
+    if pm.released_bytes is not None:
+        text += (f"; after kmem released the failed frames: {format_bytes(pm.in_use_after_bytes)}"
+                 f" in use ({format_bytes(max(pm.released_bytes, 0))} came back"
+                 + (", though host memory freed stays in the process's heap" if pm.source == HOST
+                    else "") + ")")
+    return text
+
+
+def _next_step(record: CellRecord, history: Sequence[CellRecord], pm, request: Optional[int],
+               ceiling: Optional[int]) -> Tuple[str, str]:
+    """One next step, from the numbers: a batch size measured to fit (two earlier runs), else
+    the planning model's, else the limit the failed request needed at least."""
+    device = record.devices[0] if record.devices else None
+    code, fit = (_batch_fit(record, history, device.index, ceiling) if device
+                 else ("# use a smaller batch size", ""))
+    if fit.startswith("Measured"):
+        return code, fit
+    if pm is not None and pm.batch_that_fits and pm.batch_size and \
+            pm.batch_that_fits < pm.batch_size:
+        model = pm.model if _identifier(pm.model) else "model"
+        what = "the limit" if device and device.limit_bytes else "the device" if device else \
+            "the host's memory"
+        return (f"batch_size={pm.batch_that_fits}   # planning estimate: fits {what} less 10 %"
+                f"\nkmem_magic.find_batch_size({model}, x, y)   # proves the largest batch "
+                "with real steps",
+                f"The planning model predicts batch {pm.batch_that_fits} (of {pm.batch_size}) "
+                f"to fit {what}; an estimate, which find_batch_size checks.")
+    if request is not None and pm is not None and pm.in_use_bytes is not None and device and \
+            device.limit_bytes and pm.in_use_bytes + request < device.total_bytes:
+        needed = pm.in_use_bytes + request
+        return (f"%gpumem --limit {format_bytes(needed).replace(' ', '')}   # at the least",
+                f"This step needed at least {format_bytes(needed)} (what was in use plus the "
+                f"request), more than the limit of {format_bytes(device.limit_bytes)}; its "
+                "later allocations come on top, so raise it further or use a smaller batch.")
+    return code, fit
 
 
 RULES = (out_of_memory, preallocation, other_processes, left_behind, regrowth, climb,

@@ -29,6 +29,19 @@ PREALLOCATE_ENV = "XLA_PYTHON_CLIENT_PREALLOCATE"
 FRACTION_ENVS = ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION")
 
 
+# What Keras' jax trainer passes through a step, by the number of parts of its ``state``.
+_STATE_KEYS = {4: ("trainable_variables", "non_trainable_variables", "optimizer_variables",
+                   "metrics_variables"),
+               3: ("trainable_variables", "non_trainable_variables", "metrics_variables"),
+               2: ("trainable_variables", "non_trainable_variables")}
+_STATEFUL = ("fit", "evaluate", "predict")
+
+
+def _tracer(jax) -> tuple:
+    tracer = getattr(getattr(jax, "core", None), "Tracer", None)
+    return (tracer,) if isinstance(tracer, type) else ()
+
+
 class Jax(Backend):
     name = "jax"
     package = "jax"
@@ -121,8 +134,35 @@ class Jax(Backend):
     def sizeof(self, value: Any) -> Optional[Tuple[str, int]]:
         jax = loaded("jax")
         if jax is not None and isinstance(value, jax.Array):
+            if isinstance(value, _tracer(jax)):  # a traced value while compiling: no memory
+                return None
             return "jax array", int(value.nbytes)
         return None
+
+    def restore_keras_state(self, frames: List[Any]) -> List[str]:
+        """Give back to each Keras model its variables' values that Keras' jax trainer took
+        out for a step that then failed: ``fit``/``evaluate``/``predict`` purge the variables
+        and keep the values only in the step's ``state``, and their own sync (``finally:
+        jax_state_sync()``) restores them only after a step that succeeded, so an error in
+        the first step leaves a model with no weights. ``frames`` are the failed call's
+        frames (``_cell.failed_frames``); returns the names of the models restored."""
+        restored = []
+        for frame in frames:
+            model, state = frame.f_locals.get("self"), frame.f_locals.get("state")
+            if frame.f_code.co_name not in _STATEFUL or not isinstance(state, tuple) or \
+                    len(state) not in _STATE_KEYS or not hasattr(model, "jax_state_sync"):
+                continue
+            purged = [v for v in getattr(model, "variables", []) if getattr(v, "_value", 0)
+                      is None]
+            if not purged or any(getattr(a, "is_deleted", lambda: False)()
+                                 for part in state for a in part):
+                continue
+            model._jax_state = dict(zip(_STATE_KEYS[len(state)], state))
+            model._jax_state_synced = False
+            model.jax_state_sync()
+            model._jax_state = None
+            restored.append(model.name)
+        return restored
 
     def oom_request(self, message: str) -> Optional[int]:
         # XLA on a GPU: "while trying to allocate 518.00MiB"; on the CPU: "allocating N bytes"

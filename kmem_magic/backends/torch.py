@@ -50,6 +50,9 @@ def _installed_version() -> Optional[Tuple[int, int]]:
     return (int(found.group(1)), int(found.group(2))) if found else None
 
 
+_CPU_OOM = "DefaultCPUAllocator: can't allocate memory"
+
+
 class Torch(Backend):
     name = "torch"
     package = "torch"
@@ -162,10 +165,15 @@ class Torch(Backend):
             torch.cuda.empty_cache()
 
     def oom_request(self, message: str) -> Optional[int]:
-        found = re.search(r"Tried to allocate " + SIZE_PATTERN, message)
+        # CUDA: "Tried to allocate 2.26 GiB"; the CPU allocator: "you tried to allocate N bytes"
+        found = re.search(r"[Tt]ried to allocate " + SIZE_PATTERN, message)
         return amount(*found.groups()) if found else None
 
     def is_oom(self, error: BaseException) -> bool:
         torch = loaded("torch")
         oom = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
-        return oom is not None and isinstance(error, oom)
+        if oom is not None and isinstance(error, oom):
+            return True
+        # Without a GPU, torch's CPU allocator raises a plain RuntimeError
+        return torch is not None and isinstance(error, RuntimeError) and \
+            _CPU_OOM in str(error)[:2000]

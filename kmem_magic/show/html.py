@@ -13,7 +13,7 @@ from typing import List, Sequence
 from ..backends import color, label
 from ..record import HOST, CellRecord, Device, Suggestion
 from ..sizes import format_bytes
-from .text import holders_line, saving, title
+from .text import holders_line, postmortem_lines, saving, title
 
 
 def header(title: str, devices: Sequence[Device]) -> str:
@@ -32,8 +32,8 @@ def static(record: CellRecord, note_gpu: bool = True) -> str:
     from .plot import svg
 
     return (f"<div class='kmem-static'>{header(html.escape(title(record)), record.devices)}"
-            f"{svg(record)}{final_stats(record, note_gpu)}{suggestions(record.suggestions)}"
-            "</div>")
+            f"{svg(record)}{final_stats(record, note_gpu)}{postmortem(record)}"
+            f"{step_bars(record)}{suggestions(record.suggestions)}</div>")
 
 
 def swatch(source: str) -> str:
@@ -68,6 +68,40 @@ def final_stats(record: CellRecord, note_gpu: bool = True) -> str:
                  "once per kernel)</small>")
     return (f"<table class='kmem-final'>{''.join(rows)}</table>"
             f"<small>wall time {record.wall_s:.2f} s</small>{note}")
+
+
+def postmortem(record: CellRecord) -> str:
+    """The out-of-memory post-mortem as a small table (empty for other cells)."""
+    lines = postmortem_lines(record)
+    if not lines:
+        return ""
+    return ("<div class='kmem-postmortem'><b>Out of memory: post-mortem</b>"
+            f"<pre>{html.escape(chr(10).join(line[2:] for line in lines[1:]))}</pre></div>")
+
+
+def step_bars(record: CellRecord) -> str:
+    """Where a training step's peak goes: one bar per part, from the planning model, with the
+    measured peak beside the predicted one (empty without a plan)."""
+    from .plot import BAR_COLORS as _BAR_COLORS
+
+    plan = record.step_plan
+    if plan is None or not plan.parts:
+        return ""
+    peak = record.headline()[0]
+    scale = max(p.bytes for p in plan.parts)
+    # inline styles: the static fallback (nbconvert, GitHub) has no stylesheet
+    bars = "".join(
+        "<div class='kmem-bar' style='display:flex;align-items:center;gap:6px;"
+        "font-size:11px'><span style='width:11em;overflow:hidden;text-overflow:ellipsis;"
+        f"white-space:nowrap'>{html.escape(p.name)}</span><span style='display:inline-block;"
+        f"height:9px;width:{max(1, round(60 * p.bytes / scale))}%;background:"
+        f"{_BAR_COLORS.get(p.kind, '#7f7f7f')}'></span><span>{format_bytes(p.bytes)}</span>"
+        "</div>" for p in plan.parts)
+    measured = format_bytes(peak.bytes) + ("" if peak.exact else " (sampled)")
+    return (f"<div class='kmem-step'><b>Where the step's peak goes</b> <small>(planning "
+            f"estimate for model '{html.escape(plan.model)}', batch {plan.batch_size}: predicted "
+            f"peak {format_bytes(plan.predicted_bytes)}; measured peak {measured})</small>"
+            f"{bars}</div>")
 
 
 def suggestion(item: Suggestion) -> str:

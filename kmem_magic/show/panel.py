@@ -153,8 +153,9 @@ class Panel:
             self.widget.meta = {"rows": _rows(self.devices)}
         with self._lock, self.widget.hold_sync():
             self.widget.header_html = html.header(escape(text.title(record)), self.devices)
-            self.widget.facts_html = html.final_stats(record, note_gpu) + html.suggestions(
-                record.suggestions)
+            self.widget.facts_html = (html.final_stats(record, note_gpu)
+                                      + html.postmortem(record) + html.step_bars(record)
+                                      + html.suggestions(record.suggestions))
             self.widget.final = final
             self.widget.status = status
             self.widget.actions = ["save", "history"] + (

@@ -29,13 +29,21 @@ def figure(record: CellRecord, width_in: float = 8.0):
     from matplotlib.figure import Figure
 
     rows = len(record.devices) + 1
-    height_in = 0.9 + 2.0 * rows
+    plan = record.step_plan if record.step_plan and record.step_plan.parts else None
+    bars_in = 0.5 + 0.2 * len(plan.parts) if plan else 0.0
+    height_in = 0.9 + 2.0 * rows + bars_in + (0.5 if plan else 0.0)
     fig = Figure(figsize=(width_in, height_in), dpi=90)
     # Fixed margins: a layout engine would draw the figure twice (half the cost of the report).
     fig.subplots_adjust(left=0.08, right=0.98, top=1 - 0.55 / height_in, bottom=0.45 / height_in,
                         hspace=0.45)
     FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
+    grid = fig.add_gridspec(rows + bool(plan), 1,
+                            height_ratios=[2.0] * rows + ([bars_in] if plan else []))
+    axes: list = []
+    for row in range(rows):
+        axes.append(fig.add_subplot(grid[row, 0], sharex=axes[0] if axes else None))
+    if plan:
+        _step_bars(fig.add_subplot(grid[rows, 0]), record)
     fig.suptitle(title(record), fontsize=10)
     for ax, device in zip(axes, record.devices):
         figures = record.figures(device.index)
@@ -78,6 +86,31 @@ def figure(record: CellRecord, width_in: float = 8.0):
     host_ax.set_xlim(0, max(record.wall_s, 1e-3))
     host_ax.xaxis.set_major_locator(_seconds_locator())
     return fig
+
+
+BAR_COLORS = {"weights": "#1f77b4", "gradients": "#ff7f0e", "optimizer": "#2ca02c",
+               "activations": "#d62728", "batch": "#9467bd", "temporary": "#8c564b"}
+
+
+def _step_bars(ax, record: CellRecord) -> None:
+    """Where the training step's peak goes (planning estimate), the measured peak beside it."""
+    plan = record.step_plan
+    parts = list(reversed(plan.parts))  # largest on top
+    scale, name = _scale(max(p.bytes for p in parts))
+    ax.barh(range(len(parts)), [p.bytes / scale for p in parts],
+            color=[BAR_COLORS.get(p.kind, NEUTRAL) for p in parts], height=0.6)
+    ax.set_yticks(range(len(parts)), [p.name for p in parts], fontsize=7)
+    for i, part in enumerate(parts):
+        ax.annotate(format_bytes(part.bytes), (part.bytes / scale, i), textcoords="offset points",
+                    xytext=(3, -2), fontsize=6)
+    peak = record.headline()[0]
+    measured = format_bytes(peak.bytes) + ("" if peak.exact else " (sampled)")
+    ax.set_title(f"where a step's peak goes: planning estimate for '{plan.model}', batch "
+                 f"{plan.batch_size}: predicted {format_bytes(plan.predicted_bytes)} · measured "
+                 f"peak {measured}", fontsize=8, loc="left")
+    ax.set_xlabel(name, fontsize=7)
+    ax.tick_params(axis="x", labelsize=7)
+    ax.margins(x=0.15)
 
 
 def _values(record: CellRecord, device: Optional[int]) -> list:

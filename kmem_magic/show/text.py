@@ -51,6 +51,7 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
     lines += _figure_lines(record.host)
     if record.holders:
         lines.append(holders_line(record))
+    lines += postmortem_lines(record) + plan_lines(record)
     if record.faults:
         lines.append(f"kmem: {len(record.faults)} fault(s) while measuring (those figures are "
                      f"unknown), the first: {record.faults[0]}")
@@ -65,6 +66,46 @@ def holders_line(record: CellRecord) -> str:
     holds what the cell left behind, the rest included (never hidden)."""
     return "held by: " + ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})"
                                    for h in record.holders[:8])
+
+
+def postmortem_lines(record: CellRecord) -> List[str]:
+    """The out-of-memory post-mortem: the failed request, where, what was live, what came
+    back (empty for a cell that did not run out of memory)."""
+    pm = record.postmortem
+    if pm is None:
+        return []
+    lines = ["out of memory: post-mortem"]
+    if pm.request_bytes is not None:
+        limit = f" under a limit of {format_bytes(pm.limit_bytes)}" if pm.limit_bytes else ""
+        shape = f" (shape {pm.request_shape})" if pm.request_shape else ""
+        lines.append(f"  failed request   {format_bytes(pm.request_bytes)}{shape}{limit}")
+    if pm.where:
+        lines.append(f"  where            {pm.where}")
+    if pm.in_use_bytes is not None:
+        lines.append(f"  in use then      {format_bytes(pm.in_use_bytes)} ({label(pm.source)})")
+        lines += [f"    {format_bytes(h.bytes):>11}  {h.name} ({h.kind})" for h in pm.live]
+    if pm.in_use_after_bytes is not None:
+        lines.append(f"  after release    {format_bytes(pm.in_use_after_bytes)} in use "
+                     f"({format_bytes(max(pm.released_bytes or 0, 0))} came back when kmem "
+                     "released the failed frames)")
+    if pm.note:
+        lines.append(f"  repaired         {pm.note}")
+    return lines
+
+
+def plan_lines(record: CellRecord) -> List[str]:
+    """Where the training step's peak goes, from the planning model (estimated), beside the
+    measured peak."""
+    plan = record.step_plan
+    if plan is None:
+        return []
+    peak = record.headline()[0]
+    lines = [f"where a training step's peak goes (planning estimate: model '{plan.model}', "
+             f"batch {plan.batch_size}, {plan.backend}, {plan.dtype})",
+             f"  predicted peak {format_bytes(plan.predicted_bytes)} · measured peak "
+             f"{format_bytes(peak.bytes)}" + ("" if peak.exact else " (sampled)")]
+    return lines + [f"    {format_bytes(p.bytes):>11}  {p.name}"
+                    + (f" ({p.kind})" if p.kind == "activations" else "") for p in plan.parts]
 
 
 def saving(suggestion: Suggestion) -> str:
