@@ -265,3 +265,46 @@ def test_on_a_real_gpu_the_edge_readings_beat_their_deadline_and_nothing_is_unkn
     ))
     print(f"a trivial measured cell: {result['median_ms']:.1f} ms (median of 20)")
     assert result["faults"] == [] and result["unknown"] == []
+
+
+WIDE = """
+import numpy as np, keras
+x = np.random.rand(16384, 1024).astype("float32")
+y = np.random.rand(16384, 1).astype("float32")
+model = keras.Sequential([keras.Input((1024,)),
+                          keras.layers.Dense(2**16, activation="relu", name="wide"),
+                          keras.layers.Dense(1, name="head")], name="wide_net")
+model.compile("adam", "mse")
+"""
+
+
+def test_an_oom_in_a_keras_step_under_a_limit_is_a_post_mortem_and_the_model_trains_on(fresh):
+    """Batch 16384 makes 'wide' return 4 GiB under a 2 GiB limit; batch 256 fits."""
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        'ip.run_line_magic("gpumem", "--limit 2GiB")',
+        f"cell({WIDE!r})",
+        'r = cell("%%gpumem\\nmodel.fit(x, y, batch_size=16384, epochs=1, verbose=0)")',
+        'RESULT["failed"] = not r.success',
+        record_fields(),
+        'RESULT["pm"] = dataclasses.asdict(last().postmortem)',
+        'RESULT["advice"] = advice()',
+        'r = cell("%%gpumem\\nmodel.fit(x[:2048], y[:2048], batch_size=256, epochs=1, '
+        'verbose=0)")',
+        'RESULT["next_ok"] = r.success and last().error_kind is None',
+    ), env={"KERAS_BACKEND": BACKEND})
+    print(result["summary"])
+    pm, advice = result["pm"], result["advice"]
+    assert result["failed"] and result["error_kind"] == "oom"
+    assert pm["layer"] == "wide", pm["where"]
+    assert pm["request_bytes"] and pm["request_bytes"] >= 64 * 2**20, pm
+    assert pm["limit_bytes"] == 2 * GiB
+    rules = [s["rule"] for s in advice]
+    assert rules[0] == "out-of-memory" and "near-limit" not in rules, rules
+    assert not any(" 0 %" in s["title"] or "(0 %" in s["evidence"] for s in advice)
+    first = advice[0]
+    assert "wide" in first["title"] + first["evidence"]
+    assert "under a limit of 2.00 GiB" in first["evidence"]
+    assert pm["in_use_bytes"] is not None and pm["in_use_after_bytes"] is not None
+    assert pm["in_use_after_bytes"] <= pm["in_use_bytes"]
+    assert result["next_ok"], "the same model trains in the next cell, under the same limit"
