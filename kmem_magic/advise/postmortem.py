@@ -302,11 +302,14 @@ def _split(in_use: int, model: Any, frames: List[Any],
         owned = {id(_value(v)) for v in variables + slots}
         parts.append(Holder("weights", f"model '{model.name}'", total_nbytes(variables)))
         parts.append(Holder("optimizer slots", f"model '{model.name}'", total_nbytes(slots)))
-    parts.append(Holder("the failed frames' tensors", "released by kmem",
+    parts.append(Holder("the failed frames' tensors", "their locals, cleared by kmem",
                         _frame_tensors(frames, owned)))
     others = sum(h.bytes for h in scan(namespace)
                  if not h.kind.startswith("Keras ") and _on_gpu(h.kind))
-    parts.append(Holder("other arrays", "in the namespace", others))
+    # an array whose own allocation failed (jax dispatches asynchronously: the name exists,
+    # its buffer never did) is not in use: never more than what the allocator has left
+    if others <= in_use - sum(p.bytes for p in parts):
+        parts.append(Holder("other arrays", "in the namespace", others))
     rest = in_use - sum(p.bytes for p in parts)
     parts.append(Holder("no name", "the failed step's activations, gradients and temporaries",
                         max(rest, 0)))
