@@ -110,3 +110,47 @@ def test_panel_is_live_then_final_same_size_hover_and_theme(lab, tmp_path):
     assert (ground < 0.5) == (theme == "dark"), "the panel sits in the theme it was given"
     assert shot.stat().st_size > 10_000
     assert "host RSS" in strip, "the History button draws memory across the measured cells"
+
+
+POSTMORTEM_SETUP = """import os
+os.environ["KERAS_BACKEND"] = "torch"
+import numpy as np, keras
+model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(16, name="narrow"),
+                          keras.layers.Dense(2**20, activation="relu", name="wide"),
+                          keras.layers.Dense(1, name="head")], name="m")
+model.compile("adam", "mse")
+x = np.zeros((2**20, 8), "float32"); y = np.zeros((2**20, 1), "float32")"""
+POSTMORTEM_CELL = "%%gpumem\nmodel.fit(x, y, batch_size=2**20, epochs=1, verbose=0)"
+
+
+def test_an_out_of_memory_panel_shows_the_post_mortem_below_the_curves(tmp_path):
+    """A real out-of-memory error (torch's CPU allocator refuses 4 TiB in layer 'wide'): the
+    panel's final view names the layer and the request, and shows where the step's peak goes."""
+    _require(os.path.exists(CHROMIUM), "Debian's chromium is not installed (apt-get install chromium)")
+    for module in ("playwright", "jupyterlab", "torch"):
+        try:
+            __import__(module)
+        except ImportError:
+            _require(False, f"{module} is not installed")
+    root = tmp_path / "lab"
+    root.mkdir()
+    write_notebook(root / "oom.ipynb", ["%load_ext kmem_magic", POSTMORTEM_SETUP,
+                                        POSTMORTEM_CELL])
+    with jupyterlab(root, THEMES["light"]) as url:
+        with notebook_page(url, "oom.ipynb") as (page, _):
+            page.wait_for_selector(".kmem-panel.kmem-done .kmem-postmortem", timeout=120_000)
+            panel = page.locator(".kmem-panel").last
+            text = panel.inner_text()
+            assert "Out of memory: post-mortem" in text
+            assert "layer 'wide' (Dense, output (None, 1048576))" in text
+            assert "failed request   4.00 TiB" in text
+            assert "Where the step's peak goes" in text and "planning estimate" in text
+            bars = panel.locator(".kmem-step .kmem-bar")
+            assert bars.count() >= 5, "one bar per part of the step"
+            # the traceback is still there, above the report: the error itself is not hidden
+            assert page.locator(".jp-OutputArea-output[data-mime-type="
+                                "'application/vnd.jupyter.stderr']").count() >= 1
+            shot = tmp_path / "panel-postmortem.png"
+            panel.screenshot(path=str(shot))
+            if os.environ.get("KMEM_SCREENSHOTS"):
+                shutil.copy(shot, os.path.join(os.environ["KMEM_SCREENSHOTS"], shot.name))
