@@ -10,6 +10,7 @@ evaluated (unless the cell ends in ``;``), in the user's namespace.
 from __future__ import annotations
 
 import ast
+import inspect
 import io
 import os
 import sys
@@ -91,10 +92,12 @@ def release_after_traceback(shell: Any, error: BaseException,
     otherwise keep alive."""
     def release(*_args) -> None:
         shell.events.unregister("post_run_cell", release)
-        for tb in _tracebacks(error):
-            _clear_frames(tb)
-        if then is not None:
-            then()
+        try:
+            for tb in _tracebacks(error):
+                _clear_frames(tb)
+        finally:
+            if then is not None:
+                then()
 
     shell.events.register("post_run_cell", release)
 
@@ -111,26 +114,45 @@ def _tracebacks(error: BaseException) -> list:
 
 
 def failed_frames(tb) -> list:
-    """The frames of a failed cell, outermost first: from the cell's own frame down to the
-    innermost frame of the traceback ``tb``, following each frame's caller, so that the
-    frames Keras' traceback filter leaves out of ``tb`` are there too (its ``fit`` and step
-    frames, whose locals hold the batch and the training state). Nothing above the cell:
-    kmem's and the kernel's frames, some still running, are never part of it."""
-    while tb is not None and tb.tb_next is not None:
+    """The frames of a failed cell, outermost first: every frame of the traceback ``tb`` and,
+    between two of its entries, the callers that link them, so that the frames Keras'
+    traceback filter leaves out of ``tb`` are there too (its ``fit`` and step frames, whose
+    locals hold the batch and the training state). Nothing above the cell's frame, and nothing
+    of kmem's: the kernel's frames, some still running, are never part of it. An error raised
+    in another thread and re-raised here keeps both threads' traceback frames."""
+    entries = []
+    while tb is not None:
+        if not tb.tb_frame.f_code.co_filename.startswith(_PACKAGE):
+            entries.append(tb.tb_frame)
         tb = tb.tb_next
-    frames, frame = [], tb.tb_frame if tb is not None else None
-    while frame is not None and not frame.f_code.co_filename.startswith(_PACKAGE):
-        frames.append(frame)
-        if frame.f_locals is frame.f_globals:  # module-level code: the cell's own frame
-            break
-        frame = frame.f_back
-    return frames[::-1]
+    frames, seen = [], set()
+    for outer, inner in zip([None] + entries, entries):
+        between, frame = [], inner.f_back
+        while frame is not None and frame is not outer and len(between) < 1000 and \
+                outer is not None and not frame.f_code.co_filename.startswith(_PACKAGE):
+            between.append(frame)
+            frame = frame.f_back
+        if frame is not outer:  # not linked by callers (another thread): the entry only
+            between = []
+        for found in reversed(between):
+            if id(found) not in seen:
+                seen.add(id(found))
+                frames.append(found)
+        if id(inner) not in seen:
+            seen.add(id(inner))
+            frames.append(inner)
+    return frames
+
+
+_SUSPENDABLE = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
 def _clear_frames(tb) -> None:
     """Clear the locals of the failed cell's frames (kmem's own are left alone)."""
     for frame in failed_frames(tb):
-        if frame.f_locals is not frame.f_globals:  # the cell's frame is the namespace
+        # the cell's frame is the namespace; clearing a suspended generator's frame would
+        # close the generator (before Python 3.13)
+        if frame.f_locals is not frame.f_globals and not frame.f_code.co_flags & _SUSPENDABLE:
             try:
                 frame.clear()
                 # Before Python 3.13, showing the traceback left a snapshot of the locals in

@@ -313,10 +313,13 @@ class GpuMem(Magics):
         from .advise import postmortem
 
         try:
-            note = ""
+            note, restored = "", []
             if backends.keras_backend() == "jax":
-                restored = backends.by_name("jax").restore_keras_state(
-                    _cell.failed_frames(error.__traceback__))
+                try:
+                    restored = backends.by_name("jax").restore_keras_state(
+                        _cell.failed_frames(error.__traceback__))
+                except Exception as failure:
+                    note = f"kmem could not give the model its weights back ({failure!r})"
                 if restored:
                     note = ("Keras' jax trainer had taken the weights of "
                             f"{', '.join(repr(name) for name in restored)} "

@@ -39,7 +39,7 @@ from .holders import scan
 _CALLED = re.compile(r"Exception encountered when calling (\w+)\.call\(\)")
 _INPUT_SHAPE = re.compile(r"inputs=\S*?\(shape=(?:torch\.Size\(\[|\()([\d, ]+)")
 _TF_SHAPE = re.compile(r"shape\s*\[([\d,\s]*)\]")
-_FIT = re.compile(r"batch_size\s*=\s*(\d+)")
+_FIT = re.compile(r"(?<![\w.])batch_size\s*=\s*(\d+)")
 SIZE_MATCH = 0.01  # a layer's output is the request if within 1 % (messages round: "2.26 GiB")
 
 
@@ -47,8 +47,8 @@ def examine(error: BaseException, record: CellRecord, namespace: Dict[str, Any],
             cell_filename: str = "") -> PostMortem:
     """The post-mortem of ``error``, an out-of-memory error leaving a cell run in
     ``namespace``; ``record`` is the cell's measurement, taken with the frames still alive."""
-    message = record.error_message
-    source, in_use = _in_use(record)
+    message = _text(error) or record.error_message
+    source, in_use = _in_use(record, error)
     frames = _frames(error.__traceback__)
     model = _model(frames, namespace, record.source)
     layer, how, batch = _layer(frames, message, model)
@@ -144,14 +144,23 @@ def _frames(tb) -> List[Any]:
     return failed_frames(tb)
 
 
-def _in_use(record: CellRecord) -> Tuple[str, Optional[int]]:
+def _text(error: BaseException) -> str:
+    """The error's text: Keras' note (the layer and its input's shape) comes after the
+    framework's message, which can be long."""
+    try:
+        return str(error)[:50_000]
+    except Exception:
+        return ""
+
+
+def _in_use(record: CellRecord, error: BaseException) -> Tuple[str, Optional[int]]:
     """The allocator that failed and what it had in use at the failure (read by the cell's
     measurement before anything was released); host RSS where there is no GPU."""
     if not record.devices:
         return HOST, record.host.after.get(HOST)
     # the framework whose message it is first, then any that ran
-    names = sorted(record.frameworks, key=lambda name: backends.by_name(name).oom_request(
-        record.error_message) is None)
+    names = sorted(record.frameworks, key=lambda name: (
+        not backends.by_name(name).is_oom(error), name != backends.keras_backend()))
     for name in names:
         values = [record.figures(d.index).after.get(name) for d in record.devices]
         if any(v is not None for v in values):
@@ -299,11 +308,15 @@ def _split(in_use: int, model: Any, frames: List[Any],
     if model is not None:
         variables = list(getattr(model, "variables", []))
         slots = list(getattr(getattr(model, "optimizer", None), "variables", None) or [])
+        variables = [v for v in variables if _value(v) is not None]
+        slots = [v for v in slots if _value(v) is not None]
         owned = {id(_value(v)) for v in variables + slots}
         parts.append(Holder("weights", f"model '{model.name}'", total_nbytes(variables)))
         parts.append(Holder("optimizer slots", f"model '{model.name}'", total_nbytes(slots)))
+    # the namespace's own tensors are "other arrays": clearing the frames does not free them
+    named = {id(v) for v in list(namespace.values())}
     parts.append(Holder("the failed frames' tensors", "their locals, cleared by kmem",
-                        _frame_tensors(frames, owned)))
+                        _frame_tensors(frames, owned | named)))
     others = sum(h.bytes for h in scan(namespace)
                  if not h.kind.startswith("Keras ") and _on_gpu(h.kind))
     # an array whose own allocation failed (jax dispatches asynchronously: the name exists,
@@ -318,6 +331,7 @@ def _split(in_use: int, model: Any, frames: List[Any],
 
 def _on_gpu(kind: str) -> bool:
     """Whether a holder's kind is memory on a device (not numpy's, not a torch CPU tensor)."""
+    kind = kind.lower()
     return "(host)" not in kind and "(cpu)" not in kind
 
 
@@ -325,10 +339,9 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _value(variable: Any) -> Any:
-    try:
-        return variable.value
-    except Exception:
-        return variable
+    """The array a Keras variable holds, without ``.value`` (which, on a variable Keras' jax
+    trainer emptied, runs the initializer: a new full-size array right after an OOM)."""
+    return getattr(variable, "_value", variable)
 
 
 def _frame_tensors(frames: List[Any], owned: set) -> int:

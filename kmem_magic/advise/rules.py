@@ -436,10 +436,11 @@ def _next_step(record: CellRecord, history: Sequence[CellRecord], pm, request: O
                 "with real steps",
                 f"The planning model predicts batch {pm.batch_that_fits} (of {pm.batch_size}) "
                 f"to fit {what}; an estimate, which find_batch_size checks.")
-    if request is not None and pm is not None and pm.in_use_bytes is not None and device and \
-            device.limit_bytes and pm.in_use_bytes + request < device.total_bytes:
-        needed = pm.in_use_bytes + request
-        return (f"%gpumem --limit {format_bytes(needed).replace(' ', '')}   # at the least",
+    needed = pm.in_use_bytes + request if request is not None and pm is not None and \
+        pm.in_use_bytes is not None else None
+    if needed is not None and device and device.limit_bytes and \
+            device.limit_bytes < needed < device.total_bytes:
+        return (f"%gpumem --limit {-(-needed // MiB)}MiB   # at the least",
                 f"This step needed at least {format_bytes(needed)} (what was in use plus the "
                 f"request), more than the limit of {format_bytes(device.limit_bytes)}; its "
                 "later allocations come on top, so raise it further or use a smaller batch.")

@@ -136,6 +136,11 @@ class Jax(Backend):
         if jax is not None and isinstance(value, jax.Array):
             if isinstance(value, _tracer(jax)):  # a traced value while compiling: no memory
                 return None
+            try:
+                if value.is_deleted():  # donated to a step, or deleted: holds nothing
+                    return None
+            except Exception:
+                pass
             return "jax array", int(value.nbytes)
         return None
 

@@ -19,7 +19,7 @@ from ..record import StepPart, StepPlan
 
 TOP_LAYERS = 5  # layers with a bar of their own; the others share one
 _CALL = re.compile(r"\b([A-Za-z_]\w*)\.fit\(")
-_BATCH = re.compile(r"batch_size\s*=\s*(\d+)")
+_BATCH = re.compile(r"(?<![\w.])batch_size\s*=\s*([^\s,)]+)")
 KERAS_DEFAULT_BATCH = 32  # what Model.fit uses for arrays when no batch_size is given
 
 
@@ -59,4 +59,10 @@ def trained_model(source: str, namespace: Dict[str, Any]) -> Optional[Tuple[Any,
     batches = set(_BATCH.findall(source))
     if len(models) != 1 or len(batches) > 1:
         return None
-    return models[0], int(batches.pop()) if batches else KERAS_DEFAULT_BATCH
+    if not batches:
+        return models[0], KERAS_DEFAULT_BATCH
+    given = batches.pop()
+    value = int(given) if given.isdigit() else namespace.get(given)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        return None  # an expression kmem does not evaluate: no plan rather than a wrong one
+    return models[0], value
