@@ -325,12 +325,9 @@ class GpuMem(Magics):
                             f"{', '.join(repr(name) for name in restored)} "
                             "out of its variables for the step that failed; kmem put them back, "
                             "so the model trains on")
-            found = dataclasses.replace(postmortem.examine(
-                error, record, self.shell.user_ns, code.filename), note=note)
-            record = dataclasses.replace(record, postmortem=found)
-            plan, fits = postmortem.plan_after(error, record, self.shell.user_ns)
-            return dataclasses.replace(record, step_plan=plan, postmortem=dataclasses.replace(
-                found, batch_that_fits=fits))
+            found, plan = postmortem.examine(error, record, self.shell.user_ns, code.filename)
+            return dataclasses.replace(record, step_plan=plan,
+                                       postmortem=dataclasses.replace(found, note=note))
         except Exception as failure:
             print(f"kmem_magic: no post-mortem this time ({failure!r})")
             return record

@@ -32,7 +32,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from .. import backends
-from ..record import HOST, CellRecord, Holder, PostMortem
+from ..plan.breakdown import plan_of
+from ..record import HOST, CellRecord, Holder, PostMortem, StepPlan
 from ..sizes import total_nbytes
 from .holders import scan
 
@@ -44,15 +45,17 @@ SIZE_MATCH = 0.01  # a layer's output is the request if within 1 % (messages rou
 
 
 def examine(error: BaseException, record: CellRecord, namespace: Dict[str, Any],
-            cell_filename: str = "") -> PostMortem:
+            cell_filename: str = "") -> Tuple[PostMortem, Optional[StepPlan]]:
     """The post-mortem of ``error``, an out-of-memory error leaving a cell run in
-    ``namespace``; ``record`` is the cell's measurement, taken with the frames still alive."""
+    ``namespace`` (``record`` is the cell's measurement, taken with the frames still alive),
+    and the failed step's :class:`StepPlan` when the planning model can read its model."""
     message = _text(error) or record.error_message
     source, in_use = _in_use(record, error)
     frames = _frames(error.__traceback__)
     model = _model(frames, namespace, record.source)
     layer, how, batch = _layer(frames, message, model)
     batch = batch or _batch(frames, record.source)
+    est = _estimate(model, batch)
     request = backends.oom_request(message)
     if layer is None and model is not None and request is not None and batch:
         layer, how = _by_size(model, batch, request), "size"
@@ -60,14 +63,13 @@ def examine(error: BaseException, record: CellRecord, namespace: Dict[str, Any],
     if layer is not None:
         layer_name = layer.name
         where = f"layer '{layer.name}' ({type(layer).__name__}, output {_output_shape(layer)})"
-    elif model is not None and _compiled(model, frames):
+    elif model is not None and _compiled(model):
         how = "estimate"
         where = (f"inside the compiled training step of model '{model.name}' (the framework "
                  "runs the step as one program, so no layer is in the traceback)")
-        largest = _largest_layer(model, batch)
-        if largest:
-            layer_name = largest
-            where += f"; its largest activation is layer '{largest}' (planning estimate)"
+        if est is not None and est.layers and est.layers[0][1] > 0:
+            layer_name = est.layers[0][0]
+            where += f"; its largest activation is layer '{layer_name}' (planning estimate)"
     else:
         where, how = _cell_line(frames, cell_filename), "line"
     shape = _TF_SHAPE.search(message)
@@ -76,11 +78,38 @@ def examine(error: BaseException, record: CellRecord, namespace: Dict[str, Any],
     live = _split(in_use, model, frames, namespace) if in_use is not None and \
         source != HOST else ()
     limits = [d.limit_bytes for d in record.devices if d.limit_bytes]
-    return PostMortem(source=source, request_bytes=request,
-                      request_shape=f"({shape.group(1)})" if shape else "",
-                      limit_bytes=limits[0] if limits else None, where=where, how=how,
-                      layer=layer_name, model=getattr(model, "name", "") or "",
-                      batch_size=batch, in_use_bytes=in_use, live=live)
+    limit = limits[0] if limits else None
+    pm = PostMortem(source=source, request_bytes=request,
+                    request_shape=f"({shape.group(1)})" if shape else "", limit_bytes=limit,
+                    where=where, how=how, layer=layer_name,
+                    model=getattr(model, "name", "") or "", batch_size=batch,
+                    in_use_bytes=in_use, live=live,
+                    batch_that_fits=_batch_that_fits(est, record, limit, live))
+    return pm, plan_of(est, model.name) if est is not None else None
+
+
+def _estimate(model: Any, batch: Optional[int]) -> Any:
+    """The planning model's estimate of the failed step (None where it cannot read it)."""
+    from ..plan.estimator import estimate
+
+    if model is None or not batch:
+        return None
+    try:
+        return estimate(model, batch)
+    except Exception:  # the plan is an extra: a model it cannot read costs only the plan
+        return None
+
+
+def _batch_that_fits(est: Any, record: CellRecord, limit: Optional[int],
+                     live: Tuple[Holder, ...], headroom: float = 0.10) -> Optional[int]:
+    """The largest batch the planning model predicts to fit the limit (else the device, else
+    the host's memory) less ``headroom`` and the namespace's other arrays."""
+    if est is None:
+        return None
+    ceiling = limit or (record.devices[0].total_bytes if record.devices else
+                        psutil.virtual_memory().total)
+    others = sum(h.bytes for h in live if h.name == "other arrays")
+    return est.largest_batch(int(ceiling * (1 - headroom)) - others) or None
 
 
 def released(record: CellRecord) -> CellRecord:
@@ -112,28 +141,6 @@ def released(record: CellRecord) -> CellRecord:
 def _summed(record: CellRecord, source: str) -> Optional[int]:
     values = [record.figures(d.index).after.get(source) for d in record.devices]
     return sum(v or 0 for v in values) if any(v is not None for v in values) else None
-
-
-def plan_after(error: BaseException, record: CellRecord, namespace: Dict[str, Any],
-               headroom: float = 0.10) -> Tuple[Optional[Any], Optional[int]]:
-    """The planning model's view of the failed step: its :class:`StepPlan`, and the largest
-    batch it predicts to fit the limit less ``headroom`` and the namespace's other arrays
-    (None where no model, batch or limit is known)."""
-    from ..plan.breakdown import step_plan
-    from ..plan.estimator import estimate
-
-    pm = record.postmortem
-    model = _model(_frames(error.__traceback__), namespace, record.source)
-    if model is None or pm is None or not pm.batch_size:
-        return None, None
-    plan = step_plan(model, pm.batch_size)
-    limit = pm.limit_bytes or (record.devices[0].total_bytes if record.devices else
-                               psutil.virtual_memory().total)
-    if plan is None:
-        return plan, None
-    others = sum(h.bytes for h in pm.live if h.name == "other arrays")
-    fits = estimate(model, pm.batch_size).largest_batch(int(limit * (1 - headroom)) - others)
-    return plan, fits or None
 
 
 # --------------------------------------------------------------------------- reading
@@ -256,14 +263,12 @@ def _batch(frames: List[Any], source: str) -> Optional[int]:
 def _by_size(model: Any, batch: int, request: int) -> Any:
     """The layer whose output at ``batch`` is the failed request (within the message's
     rounding), if exactly one is."""
-    from ..plan.estimator import _elements
-    from ..sizes import itemsize
+    from ..plan.estimator import _tensor_bytes
 
     matches = []
     for layer in _layers(model):
         try:
-            output = layer.output
-            size = _elements(output.shape, batch) * itemsize(output.dtype)
+            size = _tensor_bytes(layer.output, batch, None)
         except Exception:
             continue
         if abs(size - request) <= SIZE_MATCH * request:
@@ -271,20 +276,10 @@ def _by_size(model: Any, batch: int, request: int) -> Any:
     return matches[0] if len(matches) == 1 else None
 
 
-def _compiled(model: Any, frames: List[Any]) -> bool:
+def _compiled(model: Any) -> bool:
     """Whether the step ran compiled (jax always jits it; TensorFlow unless run eagerly)."""
     backend = backends.keras_backend()
     return backend in ("jax", "tensorflow") and not getattr(model, "run_eagerly", False)
-
-
-def _largest_layer(model: Any, batch: Optional[int]) -> str:
-    from ..plan.estimator import estimate
-
-    try:
-        layers = estimate(model, batch or 32).layers
-    except Exception:
-        return ""
-    return layers[0][0] if layers and layers[0][1] > 0 else ""
 
 
 def _cell_line(frames: List[Any], filename: str) -> str:

@@ -339,7 +339,22 @@ def near_limit(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
 
 
 def _batch_fit(record, history, device: int, ceiling: int):
+    """``(code, evidence)``: the batch size measured to fit (:func:`_measured_fit`), else half
+    the cell's, else a general hint."""
+    measured = _measured_fit(record, history, device, ceiling)
+    if measured is not None:
+        return measured
     batch = _batch_size(record.source)
+    if batch:
+        return (f"batch_size={max(1, batch // 2)}   # half; measure twice to get the exact fit",
+                "Run the cell with two batch sizes and kmem computes the largest that fits.")
+    return ("# use a smaller batch size, mixed precision, or a higher --limit",
+            "No batch size was seen in the cell to compute one that fits.")
+
+
+def _measured_fit(record, history, device: int, ceiling: int) -> Optional[Tuple[str, str]]:
+    """The largest batch size that fits 90 % of ``ceiling``, from the exact allocator peaks
+    of this cell run with two or more batch sizes (None with fewer)."""
     points = {}
     for r in list(history) + [record]:
         b = _batch_size(r.source)
@@ -348,18 +363,14 @@ def _batch_fit(record, history, device: int, ceiling: int):
                 _template(r.source) == _template(record.source):
             points[b] = alloc[1]
     line = fit_line(list(points.items()))
-    if line is not None:
-        fixed, slope = line
-        fits = int((0.9 * ceiling - fixed) / slope + 1e-9)
-        sizes = ", ".join(str(b) for b in sorted(points))
-        return (f"batch_size={max(1, fits)}   # fits 90 % of the memory",
-                f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
-                f"the fixed part is {format_bytes(fixed)}.")
-    if batch:
-        return (f"batch_size={max(1, batch // 2)}   # half; measure twice to get the exact fit",
-                "Run the cell with two batch sizes and kmem computes the largest that fits.")
-    return ("# use a smaller batch size, mixed precision, or a higher --limit",
-            "No batch size was seen in the cell to compute one that fits.")
+    if line is None:
+        return None
+    fixed, slope = line
+    fits = int((0.9 * ceiling - fixed) / slope + 1e-9)
+    sizes = ", ".join(str(b) for b in sorted(points))
+    return (f"batch_size={max(1, fits)}   # fits 90 % of the memory",
+            f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
+            f"the fixed part is {format_bytes(fixed)}.")
 
 
 def out_of_memory(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
@@ -422,10 +433,9 @@ def _next_step(record: CellRecord, history: Sequence[CellRecord], pm, request: O
     """One next step, from the numbers: a batch size measured to fit (two earlier runs), else
     the planning model's, else the limit the failed request needed at least."""
     device = record.devices[0] if record.devices else None
-    code, fit = (_batch_fit(record, history, device.index, ceiling) if device
-                 else ("# use a smaller batch size", ""))
-    if fit.startswith("Measured"):
-        return code, fit
+    measured = _measured_fit(record, history, device.index, ceiling) if device else None
+    if measured is not None:
+        return measured
     if pm is not None and pm.batch_that_fits and pm.batch_size and \
             pm.batch_that_fits < pm.batch_size:
         model = pm.model if _identifier(pm.model) else "model"
@@ -444,7 +454,8 @@ def _next_step(record: CellRecord, history: Sequence[CellRecord], pm, request: O
                 f"This step needed at least {format_bytes(needed)} (what was in use plus the "
                 f"request), more than the limit of {format_bytes(device.limit_bytes)}; its "
                 "later allocations come on top, so raise it further or use a smaller batch.")
-    return code, fit
+    return _batch_fit(record, history, device.index, ceiling) if device else \
+        ("# use a smaller batch size", "")
 
 
 RULES = (out_of_memory, preallocation, other_processes, left_behind, regrowth, climb,

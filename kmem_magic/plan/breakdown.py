@@ -29,9 +29,13 @@ def step_plan(model: Any, batch_size: int) -> Optional[StepPlan]:
     from .estimator import estimate
 
     try:
-        est = estimate(model, batch_size)
+        return plan_of(estimate(model, batch_size), model.name)
     except (TypeError, ValueError):
         return None
+
+
+def plan_of(est: Any, model_name: str) -> StepPlan:
+    """The :class:`StepPlan` of an :class:`~kmem_magic.plan.Estimate` already made."""
     parts = [StepPart("weights", "weights", est.weights_bytes),
              StepPart("gradients", "gradients", est.gradients_bytes),
              StepPart("optimizer slots", "optimizer", est.optimizer_bytes),
@@ -43,7 +47,7 @@ def step_plan(model: Any, batch_size: int) -> Optional[StepPlan]:
     if rest:
         parts.append(StepPart(f"{len(layers) - TOP_LAYERS} other layers", "activations", rest))
     parts = sorted((p for p in parts if p.bytes > 0), key=lambda p: -p.bytes)
-    return StepPlan(model.name, batch_size, est.backend, est.compute_dtype, est.total_bytes,
+    return StepPlan(model_name, est.batch_size, est.backend, est.compute_dtype, est.total_bytes,
                     tuple(parts))
 
 

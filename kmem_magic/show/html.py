@@ -13,7 +13,7 @@ from typing import List, Sequence
 from ..backends import color, label
 from ..record import HOST, CellRecord, Device, Suggestion
 from ..sizes import format_bytes
-from .text import holders_line, postmortem_lines, saving, title
+from .text import holders_line, measured_peak, postmortem_lines, saving, title
 
 
 def header(title: str, devices: Sequence[Device]) -> str:
@@ -87,7 +87,6 @@ def step_bars(record: CellRecord) -> str:
     plan = record.step_plan
     if plan is None or not plan.parts:
         return ""
-    peak = record.headline()[0]
     scale = max(p.bytes for p in plan.parts)
     # inline styles: the static fallback (nbconvert, GitHub) has no stylesheet
     bars = "".join(
@@ -97,7 +96,7 @@ def step_bars(record: CellRecord) -> str:
         f"height:9px;width:{max(1, round(60 * p.bytes / scale))}%;background:"
         f"{_BAR_COLORS.get(p.kind, '#7f7f7f')}'></span><span>{format_bytes(p.bytes)}</span>"
         "</div>" for p in plan.parts)
-    measured = format_bytes(peak.bytes) + ("" if peak.exact else " (sampled)")
+    measured = measured_peak(record)
     return (f"<div class='kmem-step'><b>Where the step's peak goes</b> <small>(planning "
             f"estimate for model '{html.escape(plan.model)}', batch {plan.batch_size}: predicted "
             f"peak {format_bytes(plan.predicted_bytes)}; measured peak {measured})</small>"

@@ -13,7 +13,7 @@ from ..backends import color, label
 from ..record import HOST, CellRecord, Figures
 from ..sizes import GiB, MiB, format_bytes
 from .points import downsample
-from .text import title
+from .text import measured_peak, title
 
 LIMIT_COLOR = "#bcbd22"
 
@@ -103,8 +103,7 @@ def _step_bars(ax, record: CellRecord) -> None:
     for i, part in enumerate(parts):
         ax.annotate(format_bytes(part.bytes), (part.bytes / scale, i), textcoords="offset points",
                     xytext=(3, -2), fontsize=6)
-    peak = record.headline()[0]
-    measured = format_bytes(peak.bytes) + ("" if peak.exact else " (sampled)")
+    measured = measured_peak(record)
     ax.set_title(f"where a step's peak goes: planning estimate for '{plan.model}', batch "
                  f"{plan.batch_size}: predicted {format_bytes(plan.predicted_bytes)} · measured "
                  f"peak {measured}", fontsize=8, loc="left")

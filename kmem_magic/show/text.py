@@ -99,13 +99,18 @@ def plan_lines(record: CellRecord) -> List[str]:
     plan = record.step_plan
     if plan is None:
         return []
-    peak = record.headline()[0]
     lines = [f"where a training step's peak goes (planning estimate: model '{plan.model}', "
              f"batch {plan.batch_size}, {plan.backend}, {plan.dtype})",
              f"  predicted peak {format_bytes(plan.predicted_bytes)} · measured peak "
-             f"{format_bytes(peak.bytes)}" + ("" if peak.exact else " (sampled)")]
+             f"{measured_peak(record)}"]
     return lines + [f"    {format_bytes(p.bytes):>11}  {p.name}"
                     + (f" ({p.kind})" if p.kind == "activations" else "") for p in plan.parts]
+
+
+def measured_peak(record: CellRecord) -> str:
+    """The cell's headline peak, and ``(sampled)`` when it is no allocator's exact count."""
+    peak = record.headline()[0]
+    return format_bytes(peak.bytes) + ("" if peak.exact else " (sampled)")
 
 
 def saving(suggestion: Suggestion) -> str:
