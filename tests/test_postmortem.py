@@ -122,6 +122,10 @@ def test_a_fit_cell_shows_where_its_step_peak_goes_from_the_planning_model(fresh
         RESULT["heights"] = [with_plan.shape[0], without.shape[0]]
         cell("%%gpumem\\nz = x.sum()")
         RESULT["no_fit_plan"] = last().step_plan is None
+        cell("bs = 96")
+        cell("%%gpumem\\nmodel.fit(x, y, batch_size=bs, validation_batch_size=8, "
+             "validation_split=0.1, epochs=1, verbose=0)")
+        RESULT["named_batch"] = last().step_plan.batch_size
     """, env={"KERAS_BACKEND": "jax"})
     plan = result["plan"]
     assert (plan["batch_size"], plan["predicted_bytes"]) == (128, result["estimate"])
@@ -133,3 +137,5 @@ def test_a_fit_cell_shows_where_its_step_peak_goes_from_the_planning_model(fresh
     assert "measured peak" in result["text"]
     assert result["heights"][0] > result["heights"][1], "the PNG carries the bars"
     assert result["no_fit_plan"], "a cell that trains nothing gets no plan"
+    assert result["named_batch"] == 96, "batch_size=bs read from the namespace, not the " \
+        "validation batch size"

@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from .. import backends
-from ..plan.breakdown import plan_of
+from ..plan.breakdown import literal_batch_sizes, plan_of
 from ..record import HOST, CellRecord, Holder, PostMortem, StepPlan
 from ..sizes import total_nbytes
 from .holders import scan
@@ -40,7 +40,6 @@ from .holders import scan
 _CALLED = re.compile(r"Exception encountered when calling (\w+)\.call\(\)")
 _INPUT_SHAPE = re.compile(r"inputs=\S*?\(shape=(?:torch\.Size\(\[|\()([\d, ]+)")
 _TF_SHAPE = re.compile(r"shape\s*\[([\d,\s]*)\]")
-_FIT = re.compile(r"(?<![\w.])batch_size\s*=\s*(\d+)")
 SIZE_MATCH = 0.01  # a layer's output is the request if within 1 % (messages round: "2.26 GiB")
 
 
@@ -256,8 +255,8 @@ def _batch(frames: List[Any], source: str) -> Optional[int]:
         kwargs = frame.f_locals.get("kwargs")
         if isinstance(kwargs, dict) and isinstance(kwargs.get("batch_size"), int):
             return kwargs["batch_size"]
-    found = set(_FIT.findall(source))
-    return int(found.pop()) if len(found) == 1 else None
+    found = set(literal_batch_sizes(source))
+    return found.pop() if len(found) == 1 else None
 
 
 def _by_size(model: Any, batch: int, request: int) -> Any:

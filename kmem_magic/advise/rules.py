@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import backends
+from ..plan.breakdown import BATCH_SIZE, literal_batch_sizes
 from ..plan.finder import fit_line
 from ..record import HOST, CellRecord, Suggestion
 from ..sizes import GiB, MiB, format_bytes
@@ -73,12 +74,12 @@ def _identifier(name: str) -> bool:
 
 
 def _batch_size(source: str) -> Optional[int]:
-    match = re.search(r"batch_size\s*=\s*(\d+)", source)
-    return int(match.group(1)) if match else None
+    found = literal_batch_sizes(source)
+    return found[0] if found else None
 
 
 def _template(source: str) -> str:
-    return re.sub(r"batch_size\s*=\s*\d+", "batch_size=?", source.strip())
+    return BATCH_SIZE.sub("batch_size=?", source.strip())
 
 
 # --------------------------------------------------------------------------- rules

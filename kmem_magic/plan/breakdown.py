@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from ..record import StepPart, StepPlan
 
 TOP_LAYERS = 5  # layers with a bar of their own; the others share one
 _CALL = re.compile(r"\b([A-Za-z_]\w*)\.fit\(")
-_BATCH = re.compile(r"(?<![\w.])batch_size\s*=\s*([^\s,)]+)")
+# ``batch_size=VALUE`` as a keyword (not ``validation_batch_size=``); VALUE as written
+BATCH_SIZE = re.compile(r"(?<![\w.])batch_size\s*=\s*([^\s,)]+)")
 KERAS_DEFAULT_BATCH = 32  # what Model.fit uses for arrays when no batch_size is given
 
 
@@ -51,6 +52,11 @@ def plan_of(est: Any, model_name: str) -> StepPlan:
                     tuple(parts))
 
 
+def literal_batch_sizes(source: str) -> List[int]:
+    """The ``batch_size=N`` keywords of ``source`` whose value is a number, in order."""
+    return [int(value) for value in BATCH_SIZE.findall(source) if value.isdigit()]
+
+
 def trained_model(source: str, namespace: Dict[str, Any]) -> Optional[Tuple[Any, int]]:
     """``(model, batch size)`` of the Keras model the cell's code trains with ``name.fit(``,
     with the ``batch_size=`` it passes, else Keras' default; None when the cell trains none,
@@ -60,7 +66,7 @@ def trained_model(source: str, namespace: Dict[str, Any]) -> Optional[Tuple[Any,
         return None
     names = set(_CALL.findall(source))
     models = [namespace[n] for n in names if isinstance(namespace.get(n), keras.Model)]
-    batches = set(_BATCH.findall(source))
+    batches = set(BATCH_SIZE.findall(source))
     if len(models) != 1 or len(batches) > 1:
         return None
     if not batches:
