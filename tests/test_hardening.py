@@ -159,3 +159,48 @@ def test_nvml_starts_in_the_background_and_the_first_cell_still_gets_every_figur
         assert record.faults == () and record.gpu[0].before["device"] == 3 * 2**30
     finally:
         shell.run_line_magic("unload_ext", "kmem_magic")
+
+
+def test_clearing_a_failed_cells_frames_never_closes_a_suspended_generator():
+    """A retry that raises ``from`` an error caught inside a generator: the generator's frame
+    is in the chain, still suspended, and must go on yielding after kmem clears the frames."""
+    from kmem_magic import _cell
+
+    def attempts():
+        try:
+            raise RuntimeError("out of memory, first try")
+        except RuntimeError as error:
+            caught = error
+        yield caught
+        yield "the generator still runs"
+
+    stream = attempts()
+    first = next(stream)
+    try:
+        raise ValueError("second try") from first
+    except ValueError as error:
+        for tb in _cell._tracebacks(error):
+            _cell._clear_frames(tb)
+    assert next(stream) == "the generator still runs"
+
+
+def test_an_error_re_raised_from_a_worker_thread_keeps_the_callers_frames():
+    """``future.result()`` re-raises a worker's error: the frames kmem examines and clears
+    are the caller's and the worker's, never the worker thread's still-running ones."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from kmem_magic import _cell
+
+    def work():
+        raise RuntimeError("out of memory in a worker")
+
+    def train():
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(work).result()
+
+    try:
+        train()
+    except RuntimeError as error:
+        names = [frame.f_code.co_name for frame in _cell.failed_frames(error.__traceback__)]
+    assert "train" in names and "work" in names, names
+    assert "_worker" not in names and "_bootstrap" not in names, names
