@@ -279,7 +279,8 @@ model.compile("adam", "mse")
 
 
 def test_an_oom_in_a_keras_step_under_a_limit_is_a_post_mortem_and_the_model_trains_on(fresh):
-    """Batch 16384 makes 'wide' return 4 GiB under a 2 GiB limit; batch 256 fits."""
+    """Batch 16384 makes 'wide' return 4 GiB under a 2 GiB limit. The batch the report
+    suggests from the planning model (else 256) then trains the same model under that limit."""
     result = fresh(script(
         'ip.run_line_magic("load_ext", "kmem_magic")',
         'ip.run_line_magic("gpumem", "--limit 2GiB")',
@@ -289,9 +290,12 @@ def test_an_oom_in_a_keras_step_under_a_limit_is_a_post_mortem_and_the_model_tra
         record_fields(),
         'RESULT["pm"] = dataclasses.asdict(last().postmortem)',
         'RESULT["advice"] = advice()',
-        'r = cell("%%gpumem\\nmodel.fit(x[:2048], y[:2048], batch_size=256, epochs=1, '
-        'verbose=0)")',
+        # the batch the report suggests (else 256) trains, in the same kernel and limit
+        'suggested = RESULT["pm"]["batch_that_fits"] or 256',
+        'r = cell(f"%%gpumem\\nmodel.fit(x, y, batch_size={suggested}, epochs=1, verbose=0)")',
+        'RESULT["suggested"] = suggested',
         'RESULT["next_ok"] = r.success and last().error_kind is None',
+        'RESULT["next_peak"] = last().peak(BACKEND_NAME, 0).bytes',
     ), env={"KERAS_BACKEND": BACKEND})
     print(result["summary"])
     pm, advice = result["pm"], result["advice"]
@@ -307,4 +311,5 @@ def test_an_oom_in_a_keras_step_under_a_limit_is_a_post_mortem_and_the_model_tra
     assert "under a limit of 2.00 GiB" in first["evidence"]
     assert pm["in_use_bytes"] is not None and pm["in_use_after_bytes"] is not None
     assert pm["in_use_after_bytes"] <= pm["in_use_bytes"]
-    assert result["next_ok"], "the same model trains in the next cell, under the same limit"
+    print(f"suggested batch {result['suggested']}: peak {result['next_peak']} under 2 GiB")
+    assert result["next_ok"], "the same model trains in the next cell, at the suggested batch"
