@@ -442,7 +442,7 @@ def _next_step(record: CellRecord, history: Sequence[CellRecord], pm, request: O
         model = pm.model if _identifier(pm.model) else "model"
         what = "the limit" if device and device.limit_bytes else "the device" if device else \
             "the host's memory"
-        return (f"batch_size={pm.batch_that_fits}   # planning estimate: fits {what} less 10 %"
+        return (f"batch_size={pm.batch_that_fits}   # planning estimate, 10 % headroom: check it"
                 f"\nkmem_magic.find_batch_size({model}, x, y)   # proves the largest batch "
                 "with real steps",
                 f"The planning model predicts batch {pm.batch_that_fits} (of {pm.batch_size}) "
