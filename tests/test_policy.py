@@ -10,6 +10,7 @@ from IPython.core.error import UsageError
 
 from conftest import gpu
 from kmem_magic.policy._import_hooks import PostImportHooks
+from kmem_magic.sizes import parse_size
 
 
 def test_load_prints_one_line_per_backend_and_sets_growth_variables(shell, capsys):
@@ -69,10 +70,20 @@ def test_limit_on_the_line_magic_becomes_a_jax_fraction_of_the_gpu(ip, fake_nvml
     ip.run_line_magic("gpumem", "--limit 4GiB")
     out = capsys.readouterr().out
     assert "policy limit 4.00 GiB" in out
-    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.0500"
+    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.050000"
     assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
     ip.run_line_magic("gpumem", "--growth")
     assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in os.environ, "a new policy replaces the limit"
+
+
+def test_a_limit_in_bytes_reaches_jax_within_a_mebibyte_and_never_above(ip, fake_nvml):
+    total = 143_771 * 2**20  # an H200: four digits of a fraction would be 14 MiB steps
+    fake_nvml([gpu(0, total=total)])
+    for limit in ("2GiB", "300MiB", "1234567890"):
+        ip.run_line_magic("gpumem", f"--limit {limit}")
+        granted = float(os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"]) * total
+        asked = parse_size(limit)
+        assert asked - 2**20 < granted <= asked, (limit, granted)
 
 
 def test_no_policy_changes_nothing(ip, capsys):
@@ -85,7 +96,7 @@ def test_config_trait_applies_a_limit(ip, fake_nvml, capsys):
     fake_nvml([gpu(0, total=10 * 2**30)])
     ip.run_line_magic("config", 'GpuMem.limit = "60%"')
     try:
-        assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.6000"
+        assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.600000"
         assert "policy limit 60%" in capsys.readouterr().out
     finally:
         ip.run_line_magic("config", 'GpuMem.limit = ""')

@@ -15,6 +15,7 @@ autotuner's scratch buffers, which XLA takes only when free.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -86,7 +87,9 @@ class Jax(Backend):
         if fraction is None:
             return Report(self.name, f"no preallocation ({env_text}): a {policy.limit} limit "
                           "needs the GPU's total, and NVML cannot tell it")
-        _, fraction_text = setup.offer(FRACTION_ENVS[1], f"{fraction:.4f}")
+        # six digits, rounded down: four would move a limit by up to 14 MiB on an H200
+        fraction = math.floor(fraction * 1e6 + 1e-6) / 1e6
+        _, fraction_text = setup.offer(FRACTION_ENVS[1], f"{fraction:.6f}")
         return Report(self.name, f"no preallocation, capped at {policy.limit} "
                       f"({env_text}, {fraction_text})")
 
@@ -122,6 +125,13 @@ class Jax(Backend):
                 bound = max(sampled_max.get(index, 0), int(stats.get("bytes_in_use", 0)))
                 peaks[index] = Peak(bound, False, "lower bound: jax cannot reset its peak")
         return peaks
+
+    def held_bytes(self, index: int = 0) -> Optional[int]:
+        stats = self.stats().get(index)
+        if stats is None:
+            return None
+        # the BFC allocator's pool (XLA reports it as pool_bytes), else what is in use
+        return int(stats.get("pool_bytes") or stats.get("bytes_in_use", 0))
 
     def cap_bytes(self, index: int = 0) -> Optional[int]:
         limit = self.stats().get(index, {}).get("bytes_limit")
