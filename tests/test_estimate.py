@@ -60,8 +60,22 @@ def test_batch_dependent_parts_grow_linearly_and_at_predicts_other_sizes():
     assert large.weights_bytes == small.weights_bytes
     assert large.optimizer_bytes == small.optimizer_bytes
     assert small.at(256) == large.total_bytes
-    assert small.largest_batch(large.total_bytes) >= 256 > small.largest_batch(small.total_bytes)
+    # a budget is a limit: the batch that trains under a step's predicted limit is the step's
+    assert small.largest_batch(large.limit_bytes) >= 256 > small.largest_batch(small.limit_bytes)
     assert large.total_bytes > small.total_bytes
+
+
+def test_the_limit_to_set_is_the_peak_plus_the_allocators_reserve_and_the_context_is_apart():
+    est = kmem_magic.estimate(mlp(), 128)
+    assert est.reserve_bytes > 0 and est.limit_bytes == est.total_bytes + est.reserve_bytes
+    assert est.limit_at(128) == est.limit_bytes and est.limit_at(512) > est.limit_bytes
+    # the CUDA context is outside every framework limit, but the device must hold it
+    assert est.device_bytes == est.limit_bytes + est.context_bytes > est.limit_bytes
+    text = str(est)
+    for part in ("allocator reserve", "= limit to set", "CUDA context", "outside the limit",
+                 "= device memory needed", "workspace"):
+        assert part in text
+    assert not est.calibrated and "never checked on a GPU" in text  # TensorFlow here
 
 
 def test_mixed_precision_halves_activations_but_not_weights_or_slots():
@@ -105,7 +119,7 @@ def test_estimate_runs_nothing_and_changes_nothing():
     assert not model.optimizer.built  # no step ran, no optimizer state was made
     assert all((a == b).all() for a, b in zip(before, model.get_weights()))
     text = str(est)
-    assert text.startswith("estimate for batch 512 (tensorflow, float32): peak ")
+    assert text.startswith("estimate for batch 512 (tensorflow, float32): --limit ")
     for part in ("weights", "gradients", "optimizer slots", "activations kept for backward",
                  "largest temporary", "input batch"):
         assert part in text

@@ -22,6 +22,7 @@ against the allocator on a GPU (``docs/benchmarks.md``).
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -53,6 +54,50 @@ _TORCH_UPDATE = {"Adam": 3.0, "AdamW": 3.0, "Adamax": 3.0, "Nadam": 3.0, "SGD": 
 # cuBLAS workspaces (one per thread: forward and autograd) from it; under jax, XLA's
 # workspaces and the allocator's rounding came to about as much.
 _WORKSPACE = {"torch": 64 * 2**20, "jax": 64 * 2**20}
+MiB = 2**20
+# The smallest hard limit under which a step trains is more than its allocated peak: the
+# allocator maps memory in pages and segments that free blocks leave partly used, and a first
+# step's library workspaces (cuDNN's algorithm search, XLA's autotuner) come on top. Fitted as
+# (share of the peak, fixed bytes) to the smallest working limits of the zoo's calibration
+# models (benchmarks/limit_zoo.py, H200), three models held out: torch with expandable
+# segments (kmem's policy), jax with XLA's pool capped (kmem's --limit path). TensorFlow's
+# pair is borrowed from torch's and was never checked on a GPU.
+_RESERVE = {"torch": (0.105, 28 * MiB), "jax": (0.105, 28 * MiB),
+            "tensorflow": (0.105, 28 * MiB)}
+# What a process holds on the device outside every framework limit: the CUDA context and the
+# runtime's modules (NVML's figure for the process less the framework's pool, H200, driver
+# 580: torch 2.11 and jax 0.11). Read live from the running process where NVML can.
+_CONTEXT = {"torch": 758 * MiB, "jax": 630 * MiB, "tensorflow": 600 * MiB}
+CALIBRATED = ("torch", "jax")
+
+
+def largest_where(fits: Callable[[int], bool], ceiling: int) -> int:
+    """The largest batch size in [1, ceiling] for which ``fits`` holds (memory grows with the
+    batch, so ``fits`` is monotone); 0 if not even 1 does."""
+    if not fits(1):
+        return 0
+    low, high = 1, 2
+    while high <= ceiling and fits(high):
+        low, high = high, high * 2
+    high = min(high, ceiling + 1)
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
+
+
+def limit_for(peak_bytes: float, backend: str) -> int:
+    """The smallest hard limit (``--limit``) under which a step whose allocated peak is
+    ``peak_bytes`` trains on ``backend``: the peak plus the allocator's reserve."""
+    share, fixed = _RESERVE.get(backend, _RESERVE["torch"])
+    return math.ceil(peak_bytes * (1 + share) + fixed)  # rounded up: a limit never falls short
+
+
+def peak_under(limit_bytes: float, backend: str) -> int:
+    """The largest allocated peak that trains under a hard limit of ``limit_bytes``: the
+    inverse of :func:`limit_for`, the one model the finder and the advice share."""
+    share, fixed = _RESERVE.get(backend, _RESERVE["torch"])
+    return max(0, int((limit_bytes - fixed) / (1 + share) + 1e-6))
 
 
 @dataclass
@@ -79,37 +124,64 @@ class Estimate:
     fixed_bytes: int
     layers: List[Tuple[str, int]] = field(default_factory=list, repr=False)
     _peak_at: Optional[Callable[[int], int]] = field(default=None, repr=False, compare=False)
+    workspace_bytes: int = 0
+    reserve_bytes: int = 0
+    limit_bytes: int = 0
+    context_bytes: int = 0
+    context_source: str = "typical"
+    dtype_policy: str = ""
+
+    @property
+    def device_bytes(self) -> int:
+        """What the device must have free: the limit to set plus the CUDA context, which
+        every framework's limit leaves out."""
+        return self.limit_bytes + self.context_bytes
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether this backend's figures were checked against training under real limits on
+        a GPU (TensorFlow's were not: it does not install on the GPU machine)."""
+        return self.backend in CALIBRATED
 
     def at(self, batch_size: int) -> int:
-        """The predicted peak at another batch size (same model, optimizer and policy)."""
+        """The predicted allocated peak at another batch size (same model, optimizer, policy)."""
         return self._peak_at(batch_size) if self._peak_at else self.total_bytes
 
-    def largest_batch(self, budget_bytes: int, ceiling: int = 1 << 24) -> int:
-        """The largest batch size whose predicted peak fits ``budget_bytes`` (0 if none)."""
-        if self.at(1) > budget_bytes:
-            return 0
-        low, high = 1, 2
-        while high <= ceiling and self.at(high) <= budget_bytes:
-            low, high = high, high * 2
-        while high - low > 1:
-            middle = (low + high) // 2
-            low, high = (middle, high) if self.at(middle) <= budget_bytes else (low, middle)
-        return min(low, ceiling)
+    def limit_at(self, batch_size: int) -> int:
+        """The predicted smallest ``--limit`` under which a step at ``batch_size`` trains."""
+        return limit_for(self.at(batch_size), self.backend)
+
+    def largest_batch(self, limit_bytes: int, ceiling: int = 1 << 24) -> int:
+        """The largest batch size predicted to train under a hard limit of ``limit_bytes``
+        (the allocator's reserve included; 0 if none does)."""
+        fits = peak_under(limit_bytes, self.backend)
+        return largest_where(lambda batch: self.at(batch) <= fits, ceiling)
 
     def rows(self) -> List[Tuple[str, int]]:
+        """The parts of the allocated peak, by name (they overlap in time: see the class)."""
         return [("weights", self.weights_bytes), ("gradients", self.gradients_bytes),
                 ("optimizer slots", self.optimizer_bytes),
                 ("activations kept for backward", self.activations_bytes),
-                ("largest temporary", self.temporary_bytes), ("input batch", self.batch_bytes)]
+                ("largest temporary", self.temporary_bytes), ("input batch", self.batch_bytes),
+                ("workspace", self.workspace_bytes)]
 
     def __str__(self) -> str:
-        lines = [f"estimate for batch {self.batch_size} ({self.backend}, {self.compute_dtype}): "
-                 f"peak {format_bytes(self.total_bytes)}"]
+        policy = self.dtype_policy or self.compute_dtype
+        lines = [f"estimate for batch {self.batch_size} ({self.backend}, {policy}): "
+                 f"--limit {format_bytes(self.limit_bytes)} trains it (allocated peak "
+                 f"{format_bytes(self.total_bytes)})"]
         lines += [f"  {name:<30} {format_bytes(size):>11}" for name, size in self.rows()]
+        lines.append(f"  {'allocator reserve':<30} {format_bytes(self.reserve_bytes):>11}")
+        lines.append(f"  {'= limit to set':<30} {format_bytes(self.limit_bytes):>11}")
+        lines.append(f"  {'CUDA context':<30} {format_bytes(self.context_bytes):>11}  "
+                     f"(outside the limit, on the device; {self.context_source})")
+        lines.append(f"  {'= device memory needed':<30} {format_bytes(self.device_bytes):>11}")
         lines.append(f"  {'per extra sample':<30} {format_bytes(int(self.per_sample_bytes)):>11}")
         if self.layers:
             top = ", ".join(f"{name} {format_bytes(size)}" for name, size in self.layers[:3])
             lines.append(f"  largest activations: {top}")
+        if not self.calibrated:
+            lines.append(f"  ({self.backend}'s figures were never checked on a GPU: rough)")
         return "\n".join(lines)
 
     def _repr_pretty_(self, printer, cycle) -> None:
@@ -311,9 +383,39 @@ def estimate(model: Any, batch_size: int, optimizer: Any = None,
     # the memory that grows with the batch, per sample (where activations dominate)
     per_sample = (step.peak_at(2 * batch_size) - total) / batch_size
     named.sort(key=lambda item: item[1], reverse=True)
+    limit = limit_for(total, step.backend)
+    context, source = _context(step.backend)
+    policy = dtype_policy or model.dtype_policy.name
     return Estimate(batch_size, step.backend, str(compute), step.weights, gradients, step.slots,
                     activations, temporary, step.data_bytes(batch_size), int(total), per_sample,
-                    int(step.fixed), named, step.peak_at)
+                    int(step.fixed), named, step.peak_at,
+                    workspace_bytes=_WORKSPACE.get(step.backend, 0),
+                    reserve_bytes=limit - int(total), limit_bytes=limit,
+                    context_bytes=context, context_source=source, dtype_policy=policy)
+
+
+def typical_context(backend: Optional[str]) -> int:
+    """The CUDA context's bytes as measured on an H200 for ``backend`` (torch's if unknown)."""
+    return _CONTEXT.get(backend or "torch", _CONTEXT["torch"])
+
+
+def _context(backend: str) -> Tuple[int, str]:
+    """``(bytes, where from)``: the CUDA context of this process, read as NVML's figure for it
+    less what the framework's pool holds, when both can be read; else the typical figure."""
+    from .. import _nvml, backends
+
+    typical = typical_context(backend)
+    try:
+        framework = backends.by_name(backend)
+        devices = _nvml.devices() if framework is not None and framework.is_initialized() \
+            else []
+        pool = framework.held_bytes(0) if devices else None
+        used = _nvml.process_used(devices[0])[0] if pool else None
+    except Exception:  # NVML or a framework's counter failed: the typical figure will do
+        used = None
+    if used and pool and 0 < used - pool < 4 * typical:
+        return used - pool, "measured in this process"
+    return typical, "typical on an H200"
 
 
 class _Step:
