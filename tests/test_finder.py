@@ -17,6 +17,7 @@ tf = pytest.importorskip("tensorflow")
 
 import kmem_magic  # noqa: E402
 from kmem_magic import backends  # noqa: E402
+from kmem_magic.plan.estimator import limit_for, peak_under  # noqa: E402
 
 MiB = 2**20
 
@@ -103,11 +104,15 @@ def test_finds_the_largest_batch_within_the_budget_and_leaves_the_model_as_it_wa
     fake(device, monkeypatch, fixed=300 * MiB, per_sample=0.5 * MiB)
     before = state(model)
     found = kmem_magic.find_batch_size(model, x, y, budget="800MiB")
-    assert found.batch_size == 1000  # (800 - 300) MiB / 0.5 MiB per sample
-    assert found.peak_bytes <= 800 * MiB and found.limited_by == "memory"
-    assert len(found.probes) <= 6 and len(device.steps) == len(found.probes)
+    # the allocator's reserve beyond a step's peak must fit in the budget too
+    fits = int((peak_under(800 * MiB, "tensorflow") - 300 * MiB) / (0.5 * MiB))
+    assert found.batch_size == fits
+    assert limit_for(found.peak_bytes, "tensorflow") <= 800 * MiB
+    assert found.limited_by == "memory" and found.margin_bytes == 800 * MiB - found.peak_bytes
+    # the estimate knows nothing of the fake device: still at most three probe steps
+    assert len(found.probes) <= 3 and len(device.steps) == len(found.probes)
     assert same(before, state(model)), "the probe steps trained; the model must not show it"
-    assert "batch size 1000" in str(found)
+    assert f"batch size {fits} trains" in str(found) and "to spare" in str(found)
 
 
 def test_an_out_of_memory_probe_is_survived_and_the_search_backs_off(
@@ -119,7 +124,9 @@ def test_an_out_of_memory_probe_is_survived_and_the_search_backs_off(
     found = kmem_magic.find_batch_size(model, x, y, budget=1300 * MiB)
     outcomes = [p.outcome for p in found.probes]
     assert "out of memory" in outcomes
-    assert 650 <= found.batch_size <= 700
+    assert 0.9 * 700 <= found.batch_size <= 700
+    assert found.probes[-1] == (found.batch_size, found.peak_bytes, "fits") or any(
+        p.batch_size == found.batch_size and p.outcome == "fits" for p in found.probes)
     assert same(before, state(model))
     monkeypatch.undo()
     # goes on, on the same device: the batch found trains without running out of memory
@@ -150,7 +157,7 @@ def test_without_a_gpu_it_says_so_and_changes_nothing(model, data):
     ({"budget": "lots"}, "not a size"),
     ({"budget": -5}, "budget must be bytes"),
     ({"headroom": 1.5}, "headroom must be in"),
-    ({"max_probes": 2}, "max_probes must be an integer of at least 3"),
+    ({"max_probes": 0}, "max_probes must be a positive integer"),
 ])
 def test_bad_arguments_get_one_line_and_change_nothing(model, data, kwargs, message):
     x, y = data
@@ -177,11 +184,12 @@ def test_the_default_budget_is_the_free_gpu_memory_less_headroom_and_a_larger_on
     fake_nvml([gpu(0, total=16 * 2**30, used=4 * 2**30)])  # 12 GiB free for this process
     fake(device, monkeypatch, fixed=1 * 2**30, per_sample=8 * MiB)
     default = kmem_magic.find_batch_size(model, x, y, headroom=0.25)
-    assert default.budget_bytes == 9 * 2**30 and not default.capped
-    assert default.batch_size == 1024  # (9 - 1) GiB / 8 MiB per sample
+    assert default.budget_bytes == 9 * 2**30 and not default.capped and not default.hard
+    assert default.batch_size == (peak_under(9 * 2**30, "tensorflow") - 2**30) // (8 * MiB)
     capped = kmem_magic.find_batch_size(model, x, y, budget="64GiB")
-    assert capped.budget_bytes == 12 * 2**30 and capped.capped
+    assert capped.budget_bytes == 12 * 2**30 and capped.capped and capped.hard
     assert "capped at what this process may use" in str(capped)
+    assert capped.peak_bytes <= 12 * 2**30 and len(capped.probes) <= 3
 
 
 def test_a_keras_backend_without_a_gpu_allocator_gets_keras_own_error(fresh):

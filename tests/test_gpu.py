@@ -201,7 +201,8 @@ found = kmem_magic.find_batch_size(model, x, y)
 
 
 def test_find_batch_size_stays_under_a_hard_limit_and_the_kernel_trains_after(fresh):
-    # The default budget is what the process may use: the 2 GiB limit, less 10 % headroom.
+    # The default budget is the 2 GiB limit itself, a hard one: a probe that trains under it
+    # proves its batch, and the answer is always a batch a probe trained.
     result = fresh(script(
         'ip.run_line_magic("load_ext", "kmem_magic")',
         'ip.run_line_magic("gpumem", "--limit 2GiB")',
@@ -212,6 +213,8 @@ def test_find_batch_size_stays_under_a_hard_limit_and_the_kernel_trains_after(fr
         'RESULT["batch"] = found.batch_size',
         'RESULT["budget"] = found.budget_bytes',
         'RESULT["peak"] = found.peak_bytes',
+        'RESULT["hard"] = found.hard',
+        'RESULT["probes"] = len(found.probes)',
         'RESULT["same"] = all((a == b).all() for a, b in zip(ip.user_ns["before"], '
         'ip.user_ns["model"].get_weights()))',
         'r = cell("model.fit(x, y, batch_size=found.batch_size, epochs=1, verbose=0)\\nNone")',
@@ -219,7 +222,7 @@ def test_find_batch_size_stays_under_a_hard_limit_and_the_kernel_trains_after(fr
     ), env={"KERAS_BACKEND": BACKEND})
     print(result["text"])
     assert result["budget"] <= 2 * GiB and result["peak"] <= result["budget"]
-    assert result["batch"] > 16
+    assert result["hard"] and result["probes"] <= 3 and result["batch"] > 16
     assert result["same"], "weights as they were before the probes"
     assert result["fit_ok"], "the kernel trains at the size found, no restart"
 

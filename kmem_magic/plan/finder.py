@@ -1,14 +1,18 @@
-"""Find the largest batch size whose training step fits in GPU memory, without crashing.
+"""Find the largest batch size that trains under a memory limit, without crashing.
 
 >>> found = kmem_magic.find_batch_size(model, x, y)                  # doctest: +SKIP
 >>> found.batch_size, found                                          # doctest: +SKIP
 
-How: the estimate (:mod:`kmem_magic.plan.estimator`) says where to look; two probe steps well below
-the budget measure the real cost (a fixed part and a per-sample slope, read from the
-allocator); the line through them predicts the largest batch, and one more step at that size
-confirms it. A probe that runs out of memory or over the budget is caught, its memory is
-given back, and the search backs off below it. The model's weights, optimizer state and
-metrics are restored afterwards: probing never trains the model.
+How: the estimate (:mod:`kmem_magic.plan.estimator`) predicts the largest batch that trains
+under the limit, allocator reserve included; a real training step there is the first probe.
+What it measured corrects the estimate (its error scales the prediction; two measured steps
+give a line), and at most two more steps move to where the corrected prediction says the limit
+ends. Under a hard limit (the policy's ``--limit``, or the device's free memory) a probe that
+trains is the proof that its batch trains; under a smaller ``budget`` a probe fits when its
+allocated peak leaves the allocator's reserve inside the budget. The answer is always a batch
+that a probe trained: never a prediction. A probe that runs out of memory is caught and its
+memory given back; the model's weights, optimizer state and metrics are restored afterwards:
+probing never trains the model.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any, List, Optional, Sequence, Tuple
 from .. import _nvml, backends
 from ..sizes import format_bytes, parse_limit
 from .probe import recover, step_peak
-from .estimator import estimate
+from .estimator import estimate, largest_where, peak_under
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,9 @@ class Probe:
 
 @dataclass
 class BatchSize:
-    """What :func:`find_batch_size` found: ``batch_size`` and how it got there."""
+    """What :func:`find_batch_size` found: ``batch_size``, a batch a probe step trained, and
+    how it got there. ``margin_bytes`` is what that step left of the budget (its allocated
+    peak against the budget); ``estimated_batch`` is what the estimate predicted first."""
 
     batch_size: int
     budget_bytes: int
@@ -43,15 +49,25 @@ class BatchSize:
     probes: List[Probe] = field(default_factory=list)
     limited_by: str = "memory"
     capped: bool = False
+    hard: bool = False
+    estimated_batch: Optional[int] = None
 
     def __int__(self) -> int:
         return self.batch_size
 
+    @property
+    def margin_bytes(self) -> Optional[int]:
+        return None if self.peak_bytes is None else self.budget_bytes - self.peak_bytes
+
     def __str__(self) -> str:
-        budget = "budget" + (" (capped at what this process may use)" if self.capped else "")
-        head = (f"batch size {self.batch_size}: peak {format_bytes(self.peak_bytes)} of a "
-                f"{format_bytes(self.budget_bytes)} {budget} ({len(self.probes)} probe steps")
-        head += ", limited by the data)" if self.limited_by == "data" else ")"
+        kind = "limit" if self.hard else "budget"
+        budget = kind + (" (capped at what this process may use)" if self.capped else "")
+        guess = f", the estimate said {self.estimated_batch}" if self.estimated_batch else ""
+        head = (f"batch size {self.batch_size} trains: its step peaked at "
+                f"{format_bytes(self.peak_bytes)} of the {format_bytes(self.budget_bytes)} "
+                f"{budget}, {format_bytes(self.margin_bytes)} to spare "
+                f"({len(self.probes)} probe steps{guess}")
+        head += "; limited by the data)" if self.limited_by == "data" else ")"
         rows = [f"  {p.batch_size:>7}  {format_bytes(p.peak_bytes):>11}  {p.outcome}"
                 for p in self.probes]
         return "\n".join([head] + rows)
@@ -95,8 +111,9 @@ def _capacity() -> Optional[int]:
     return held + devices[0].total_bytes - used
 
 
-def _budget(budget: Any, headroom: float) -> Tuple[int, bool]:
-    """``(bytes, capped)``: the budget asked for, capped at what this process may use."""
+def _budget(budget: Any, headroom: float) -> Tuple[int, bool, bool]:
+    """``(bytes, capped, hard)``: the budget asked for, capped at what this process may use;
+    ``hard`` when it is that cap itself, so that a step over it runs out of memory."""
     if budget is not None and not isinstance(budget, str) and (
             isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0):
         raise ValueError(f"budget must be bytes (an int), a size like '4GiB' or a share like "
@@ -106,16 +123,16 @@ def _budget(budget: Any, headroom: float) -> Tuple[int, bool]:
     if budget is None:
         if capacity is None:
             raise ValueError("no GPU memory to read the budget from: pass budget= (e.g. '4GiB')")
-        return int(capacity * (1 - headroom)), False
+        return int(capacity * (1 - headroom)), False, headroom == 0
     if limit is not None and limit.fraction is not None:
         if capacity is None:
             raise ValueError(f"budget={budget!r} needs the GPU's memory, which is unknown "
                              "here: give bytes (e.g. '4GiB')")
-        return int(limit.fraction * capacity), False
+        return int(limit.fraction * capacity), False, limit.fraction >= 1
     asked = limit.bytes if limit is not None else int(budget)
-    if capacity is not None and asked > capacity:
-        return capacity, True  # more than the limit or the free memory cannot be used
-    return asked, False
+    if capacity is not None and asked >= capacity:
+        return capacity, asked > capacity, True  # more than the cap or the free memory
+    return asked, False, False
 
 
 def _take(keras: Any, data: Any, size: int, count: int) -> Any:
@@ -133,15 +150,18 @@ def _snapshot(model: Any) -> List[Tuple[Any, Any]]:
 
 
 def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
-                    headroom: float = 0.1, max_batch_size: Optional[int] = None,
-                    max_probes: int = 6) -> BatchSize:
-    """The largest batch size whose training step of ``model`` on ``x``/``y`` fits ``budget``.
+                    headroom: float = 0.0, max_batch_size: Optional[int] = None,
+                    max_probes: int = 3) -> BatchSize:
+    """The largest batch size whose training step of ``model`` on ``x``/``y`` trains within
+    ``budget``, found with at most ``max_probes`` real steps after the estimate.
 
-    ``budget``: bytes, a size (``"4GiB"``) or a share of the GPU (``"80%"``); by default the
-    memory this process may use on GPU 0 (the policy's limit, or what is free) less
-    ``headroom``. A budget above what this process may use is capped at it.
-    ``max_batch_size`` defaults to the number of samples in ``x``. At most ``max_probes``
-    training steps run; the model is left as it was.
+    ``budget``: bytes, a size (``"4GiB"``) or a share of the GPU (``"80%"``); by default what
+    this process may use on GPU 0 (the policy's ``--limit``, else what is free), less
+    ``headroom`` (a share, default none: the allocator's reserve is already planned for). A
+    budget above what this process may use is capped at it. ``max_batch_size`` defaults to the
+    number of samples in ``x``. The batch returned is one a probe trained; the model is left
+    as it was (weights, optimizer state, metrics). When no probe fits within ``max_probes``,
+    the search halves the batch until one does.
     """
     import keras
 
@@ -149,23 +169,25 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
         raise ValueError("find_batch_size needs a compiled Keras model (model.compile(...))")
     if not 0 <= headroom < 1:
         raise ValueError(f"headroom must be in [0, 1), not {headroom!r}")
-    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 3:
-        raise ValueError(f"max_probes must be an integer of at least 3, not {max_probes!r}")
+    if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 1:
+        raise ValueError(f"max_probes must be a positive integer, not {max_probes!r}")
     leaves = keras.tree.flatten(x)
     if not leaves or not hasattr(leaves[0], "shape") or not len(leaves[0]):
         raise ValueError("x must be an array (or a list/dict of arrays) with samples in it")
-    budget_bytes, capped = _budget(budget, headroom)
-    search = _Search(keras, model, x, y, budget_bytes, max_batch_size or len(leaves[0]))
+    budget_bytes, capped, hard = _budget(budget, headroom)
+    backend = keras.config.backend()
+    search = _Search(keras, model, x, y, budget_bytes, max_batch_size or len(leaves[0]),
+                     peak_under(budget_bytes, backend), hard)
     try:
         guess = estimate(model, 1)
         predicted = max(1, guess.largest_batch(budget_bytes, search.ceiling))
     except (ValueError, TypeError):  # a subclassed model: no graph, start from probes alone
-        guess, predicted = None, 64
+        guess, predicted = None, min(64, search.ceiling)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     saved = _snapshot(model)
     try:
-        search.run(predicted, max_probes)
+        search.run(predicted, max_probes, guess)
     finally:
         for variable, value in saved:
             variable.assign(value)
@@ -177,44 +199,59 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
     peak = max(p.peak_bytes for p in probes if p.batch_size == low and p.peak_bytes is not None)
     return BatchSize(low, budget_bytes, peak,
                      guess.at(low) if guess is not None else None, probes,
-                     "data" if low >= search.ceiling else "memory", capped)
+                     "data" if low >= search.ceiling else "memory", capped, hard,
+                     predicted if guess is not None else None)
 
 
 class _Search:
-    """The probes of one search: what is known to fit (``low``) and not to (``high``)."""
+    """The probes of one search: the largest batch a probe trained (``low``), the smallest
+    that did not fit (``high``), and the allocated peak that fits (``target``)."""
 
     def __init__(self, keras: Any, model: Any, x: Any, y: Any, budget_bytes: int,
-                 ceiling: int) -> None:
+                 ceiling: int, target: int, hard: bool) -> None:
         self.keras, self.model, self.x, self.y = keras, model, x, y
         self.count = len(keras.tree.flatten(x)[0])
         self.budget_bytes, self.ceiling = budget_bytes, ceiling
+        self.target, self.hard = target, hard
         self.probes: List[Probe] = []
         self.fits: List[Tuple[int, int]] = []
-        self.low, self.high = 0, ceiling + 1  # largest batch that fitted, smallest that did not
+        self.low, self.high = 0, ceiling + 1
 
-    def run(self, predicted: int, max_probes: int) -> None:
-        """Probe at a quarter and half of ``predicted``, then where the line through the
-        measured peaks says the budget ends, until the answer is within 1 %."""
-        target = max(1, min(predicted, self.ceiling))
-        for size in sorted({max(1, target // 4), max(1, target // 2)}):
+    def run(self, predicted: int, max_probes: int, guess: Any = None) -> None:
+        """Probe where the estimate says, then where the measured steps say, until the
+        answer is within 1 % or ``max_probes`` steps ran; then, if nothing fitted, halve."""
+        size = max(1, min(predicted, self.ceiling))
+        while size:
             self.probe(size)
-        while len(self.probes) < max_probes and self.high - self.low > 1:
-            nxt = self._next()
-            close = self.low and nxt <= self.low * 1.01 and self.high <= self.ceiling
-            if nxt <= self.low or close or nxt in {p.batch_size for p in self.probes}:
+            if len(self.probes) >= max_probes:
                 break
-            self.probe(nxt)
+            size = self._next(guess)
+        while self.low == 0 and self.high > 1:
+            self.probe(max(1, self.high // 2))
 
-    def _next(self) -> int:
+    def _next(self, guess: Any) -> int:
+        """The next batch to probe (0: stop), strictly between what fitted and what did not."""
         low, high = self.low, self.high
-        line = fit_line(self.fits)
-        nxt = int((self.budget_bytes - line[0]) / line[1]) if line else low * 2
+        if len(self.fits) >= 2 and fit_line(self.fits):
+            fixed, slope = fit_line(self.fits)
+            nxt = int((self.target - fixed) / slope)
+        elif self.fits and guess is not None:
+            # one measured step: the estimate's shape, scaled by its error at that step
+            batch, peak = self.fits[-1]
+            scale = peak / max(guess.at(batch), 1)
+            nxt = largest_where(lambda b: scale * guess.at(b) <= self.target, self.ceiling)
+        elif self.fits:
+            nxt = low * 2
+        else:
+            # only failures: the estimate was optimistic by an unknown amount
+            nxt = int(high * 0.8)
         if high <= self.ceiling and nxt >= high:
-            # the line says more than a size that already failed (out of memory below
-            # the budget): the device has less than the budget, so bisect
-            nxt = (low + high) // 2
-        # stay strictly between what is known to fit and what is known not to
-        return min(max(nxt, low + 1), high - 1, self.ceiling)
+            nxt = (low + high) // 2  # the line says more than a size that failed: bisect
+        nxt = min(max(nxt, 1), high - 1, self.ceiling)
+        if nxt <= low or (low and nxt <= low * 1.01) or \
+                nxt in {p.batch_size for p in self.probes}:
+            return 0
+        return nxt
 
     def probe(self, size: int) -> None:
         """One real training step at ``size``; an out-of-memory error is caught and given back."""
@@ -236,10 +273,13 @@ class _Search:
         if measured.peak_bytes is None:
             raise ValueError(f"the step's peak cannot be measured here ({measured.source}): "
                              "find_batch_size needs a GPU")
-        fitted = measured.peak_bytes <= self.budget_bytes
+        # under a hard limit the step that trained is the proof; under a smaller budget the
+        # allocator's reserve must fit beside the step's peak
+        fitted = measured.peak_bytes <= (self.budget_bytes if self.hard else self.target)
         self.probes.append(Probe(size, measured.peak_bytes, "fits" if fitted else "over budget"))
         self.fits.append((size, measured.peak_bytes))
         if fitted:
             self.low = max(self.low, size)
         else:
             self.high = min(self.high, size)
+
