@@ -100,15 +100,20 @@ def _estimate(model: Any, batch: Optional[int]) -> Any:
 
 
 def _batch_that_fits(est: Any, record: CellRecord, limit: Optional[int],
-                     live: Tuple[Holder, ...], headroom: float = 0.10) -> Optional[int]:
-    """The largest batch the planning model predicts to fit the limit (else the device, else
-    the host's memory) less ``headroom`` and the namespace's other arrays."""
+                     live: Tuple[Holder, ...]) -> Optional[int]:
+    """The largest batch the planning model predicts to train under the limit (else the
+    device less its CUDA context, else the host's memory) beside the namespace's other arrays,
+    the allocator's reserve included (:meth:`Estimate.largest_batch`)."""
     if est is None:
         return None
-    ceiling = limit or (record.devices[0].total_bytes if record.devices else
-                        psutil.virtual_memory().total)
+    if limit:
+        ceiling = limit
+    elif record.devices:
+        ceiling = record.devices[0].total_bytes - est.context_bytes
+    else:
+        ceiling = psutil.virtual_memory().total
     others = sum(h.bytes for h in live if h.name == "other arrays")
-    return est.largest_batch(int(ceiling * (1 - headroom)) - others) or None
+    return est.largest_batch(int(ceiling) - others) or None
 
 
 def released(record: CellRecord) -> CellRecord:

@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .. import backends
 from ..plan.breakdown import BATCH_SIZE, literal_batch_sizes
+from ..plan.estimator import peak_under, typical_context
 from ..plan.finder import fit_line
 from ..record import HOST, CellRecord, Suggestion
 from ..sizes import GiB, MiB, format_bytes
@@ -354,24 +355,31 @@ def _batch_fit(record, history, device: int, ceiling: int):
 
 
 def _measured_fit(record, history, device: int, ceiling: int) -> Optional[Tuple[str, str]]:
-    """The largest batch size that fits 90 % of ``ceiling``, from the exact allocator peaks
-    of this cell run with two or more batch sizes (None with fewer)."""
-    points = {}
+    """The largest batch size that trains under ``ceiling``, from the exact allocator peaks
+    of this cell run with two or more batch sizes (None with fewer), with the estimate's model
+    of what the allocator needs beyond a peak (:func:`~kmem_magic.plan.estimator.peak_under`)."""
+    points, backend = {}, None
     for r in list(history) + [record]:
         b = _batch_size(r.source)
         alloc = _allocator(r, device)
         if b and alloc and alloc[2] and r.error_kind is None and \
                 _template(r.source) == _template(record.source):
-            points[b] = alloc[1]
+            points[b], backend = alloc[1], alloc[0]
     line = fit_line(list(points.items()))
     if line is None:
         return None
     fixed, slope = line
-    fits = int((0.9 * ceiling - fixed) / slope + 1e-9)
+    limited = any(d.index == device and d.limit_bytes for d in record.devices)
+    # a whole device also holds the CUDA context, which no framework's limit counts
+    room = ceiling if limited else ceiling - typical_context(backend)
+    fits = int((peak_under(room, backend) - fixed) / slope + 1e-9)
     sizes = ", ".join(str(b) for b in sorted(points))
-    return (f"batch_size={max(1, fits)}   # fits 90 % of the memory",
+    what = f"the {format_bytes(ceiling)} limit" if limited else \
+        f"the {format_bytes(ceiling)} device, beside the CUDA context"
+    return (f"batch_size={max(1, fits)}   # trains under {what}",
             f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
-            f"the fixed part is {format_bytes(fixed)}.")
+            f"the fixed part is {format_bytes(fixed)}; the allocator's reserve beyond the "
+            "peak is planned as in kmem_magic.estimate.")
 
 
 def out_of_memory(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
@@ -442,7 +450,8 @@ def _next_step(record: CellRecord, history: Sequence[CellRecord], pm, request: O
         model = pm.model if _identifier(pm.model) else "model"
         what = "the limit" if device and device.limit_bytes else "the device" if device else \
             "the host's memory"
-        return (f"batch_size={pm.batch_that_fits}   # planning estimate, 10 % headroom: check it"
+        return (f"batch_size={pm.batch_that_fits}   # planning estimate, allocator reserve "
+                "included: check it"
                 f"\nkmem_magic.find_batch_size({model}, x, y)   # proves the largest batch "
                 "with real steps",
                 f"The planning model predicts batch {pm.batch_that_fits} (of {pm.batch_size}) "
