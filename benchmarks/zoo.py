@@ -148,3 +148,25 @@ def autoencoder(keras):
 ZOO.update(vgg=vgg, gru=gru, conv1d=conv1d, autoencoder=autoencoder)
 BATCHES.update(vgg=(64, 256), gru=(128, 512), conv1d=(128, 512), autoencoder=(512, 4096))
 HELD_OUT = ("conv1d", "autoencoder")
+
+
+def two_inputs(keras):
+    """Held out: a functional model with two inputs (token ids and numeric features),
+    concatenated, with dropout, trained with RMSprop."""
+    L = keras.layers
+    tokens = keras.Input((64,), dtype="int32", name="tokens")
+    numbers = keras.Input((256,), name="numbers")
+    text = L.GlobalAveragePooling1D()(L.Embedding(50_000, 256)(tokens))
+    tabular = L.Dense(1024, activation="relu")(numbers)
+    x = L.Concatenate()([text, tabular])
+    x = L.Dropout(0.2)(L.Dense(2048, activation="relu")(x))
+    model = keras.Model([tokens, numbers], L.Dense(4, dtype="float32")(x), name="two_inputs")
+    model.compile(optimizer="rmsprop",
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model, lambda n: ((np.random.randint(0, 50_000, (n, 64)).astype("int32"),
+                              np.random.rand(n, 256).astype("float32")), _classes(n, 4))
+
+
+ZOO.update(two_inputs=two_inputs)
+BATCHES.update(two_inputs=(256, 4096))
+HELD_OUT = HELD_OUT + ("two_inputs",)
