@@ -488,7 +488,10 @@ class _Step:
         return step_peak, activations, max(transient + [0]), gradients, named
 
     def data_bytes(self, batch: int) -> int:
-        return _bytes_of(self.model.inputs, batch, None) + _target_bytes(self.model, batch)
+        """The batches on the device during ``fit``: Keras' jax trainer moves the next batch
+        to the GPU while a step runs (``_one_batch_ahead_iterator``), so two are there."""
+        one = _bytes_of(self.model.inputs, batch, None) + _target_bytes(self.model, batch)
+        return one * (2 if self.backend == "jax" else 1)
 
     def peak_at(self, batch: int) -> int:
         return self.fixed + self.data_bytes(batch) + self.parts(batch)[0]

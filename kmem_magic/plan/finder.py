@@ -149,6 +149,22 @@ def _snapshot(model: Any) -> List[Tuple[Any, Any]]:
     return [(v, np.array(v.numpy(), copy=True)) for v in variables]
 
 
+def _restore(saved: List[Tuple[Any, Any]]) -> None:
+    """Put the saved values back. A variable's new value is allocated before its old one is
+    freed, which a tight limit can refuse (seen on jax, a 195 MiB embedding table): then
+    what the probes left in the caches is given back and the variable tried once more."""
+    for variable, value in saved:
+        try:
+            variable.assign(value)
+        except Exception as error:
+            if not backends.is_oom(error):
+                raise
+            traceback.clear_frames(error.__traceback__)
+            del error
+            recover()
+            variable.assign(value)
+
+
 def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
                     headroom: float = 0.0, max_batch_size: Optional[int] = None,
                     max_probes: int = 3) -> BatchSize:
@@ -189,8 +205,7 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
     try:
         search.run(predicted, max_probes, guess)
     finally:
-        for variable, value in saved:
-            variable.assign(value)
+        _restore(saved)
         model.reset_metrics()
     low, probes = search.low, search.probes
     if low == 0:
@@ -213,6 +228,7 @@ class _Search:
         self.count = len(keras.tree.flatten(x)[0])
         self.budget_bytes, self.ceiling = budget_bytes, ceiling
         self.target, self.hard = target, hard
+        self.jax = keras.config.backend() == "jax"
         self.probes: List[Probe] = []
         self.fits: List[Tuple[int, int]] = []
         self.low, self.high = 0, ceiling + 1
@@ -234,12 +250,12 @@ class _Search:
         low, high = self.low, self.high
         if len(self.fits) >= 2 and fit_line(self.fits):
             fixed, slope = fit_line(self.fits)
-            nxt = int((self.target - fixed) / slope)
+            nxt = int((self._aim() - fixed) / slope)
         elif self.fits and guess is not None:
             # one measured step: the estimate's shape, scaled by its error at that step
             batch, peak = self.fits[-1]
             scale = peak / max(guess.at(batch), 1)
-            nxt = largest_where(lambda b: scale * guess.at(b) <= self.target, self.ceiling)
+            nxt = largest_where(lambda b: scale * guess.at(b) <= self._aim(), self.ceiling)
         elif self.fits:
             nxt = low * 2
         else:
@@ -253,12 +269,26 @@ class _Search:
             return 0
         return nxt
 
+    def _aim(self) -> float:
+        """The allocated peak the next probe aims at. Under a budget: the budget less the
+        estimate's allocator reserve. Under a hard limit a probe that trains is the proof, and
+        the reserve is often smaller than planned (a model of large weights needs little), so
+        the aim is halfway between that and the limit, and above any step that trained."""
+        if not self.hard:
+            return self.target
+        aim = (self.target + self.budget_bytes) / 2
+        trained = [peak for size, peak in self.fits if size <= self.low]
+        if trained:
+            aim = max(aim, (max(trained) + self.budget_bytes) / 2)
+        return aim
+
     def probe(self, size: int) -> None:
         """One real training step at ``size``; an out-of-memory error is caught and given back."""
-        batch_x = _take(self.keras, self.x, size, self.count)
-        batch_y = None if self.y is None else _take(self.keras, self.y, size, self.count)
+        # two steps of a real fit: its data pipeline holds what one train_on_batch does not
+        batch_x = _take(self.keras, self.x, 2 * size, self.count)
+        batch_y = None if self.y is None else _take(self.keras, self.y, 2 * size, self.count)
         try:
-            measured = step_peak(self.model, batch_x, batch_y)
+            measured = step_peak(self.model, batch_x, batch_y, steps=2)
         except Exception as error:
             if not backends.is_oom(error):
                 raise
@@ -268,14 +298,14 @@ class _Search:
             self.probes.append(Probe(size, None, "out of memory"))
             self.high = min(self.high, size)
             return
-        finally:
-            del batch_x, batch_y
         if measured.peak_bytes is None:
             raise ValueError(f"the step's peak cannot be measured here ({measured.source}): "
                              "find_batch_size needs a GPU")
         # under a hard limit the step that trained is the proof; under a smaller budget the
-        # allocator's reserve must fit beside the step's peak
-        fitted = measured.peak_bytes <= (self.budget_bytes if self.hard else self.target)
+        # allocator's reserve must fit beside the step's peak. Keras' jax trainer holds the
+        # next batch on the GPU during fit, which a single probe step does not
+        ahead = _nbytes(self.keras, (batch_x, batch_y)) // 2 if self.jax else 0
+        fitted = measured.peak_bytes + ahead <= (self.budget_bytes if self.hard else self.target)
         self.probes.append(Probe(size, measured.peak_bytes, "fits" if fitted else "over budget"))
         self.fits.append((size, measured.peak_bytes))
         if fitted:
@@ -283,3 +313,6 @@ class _Search:
         else:
             self.high = min(self.high, size)
 
+
+def _nbytes(keras: Any, data: Any) -> int:
+    return sum(getattr(a, "nbytes", 0) for a in keras.tree.flatten(data) if a is not None)

@@ -30,27 +30,43 @@ class StepPeak:
     source: str
 
 
-def step_peak(model: Any, x: Any, y: Any = None) -> StepPeak:
-    """Run one ``model.train_on_batch(x, y)`` and read the allocator's peak around it, on GPU 0.
+def step_peak(model: Any, x: Any, y: Any = None, steps: int = 1) -> StepPeak:
+    """Run ``model.train_on_batch(x, y)`` (or, with ``steps`` > 1, ``model.fit`` over ``x``
+    in that many batches) and read the allocator's peak around it, on GPU 0.
 
-    The step really trains (the caller restores weights if it must); out-of-memory errors
-    propagate. ``peak_bytes`` is None where no GPU allocator can be read."""
+    ``fit`` is what a user runs, and it holds more than one step does (its data pipeline's
+    batches): the batch-size finder probes with it. The steps really train (the caller
+    restores weights if it must); out-of-memory errors propagate. ``peak_bytes`` is None where
+    no GPU allocator can be read; ``batch_size`` is one step's."""
     import keras
 
-    batch_size = len(keras.tree.flatten(x)[0])
+    samples = len(keras.tree.flatten(x)[0])
+    batch_size = max(1, samples // steps)
+
+    def train() -> None:
+        if steps == 1:
+            model.train_on_batch(x, y)
+            return
+        kept = getattr(model, "history", None)  # fit replaces the user's History
+        try:
+            model.fit(x, y, batch_size=batch_size, epochs=1, verbose=0, shuffle=False)
+        finally:
+            model.history = kept
+
     framework = backends.by_name(keras.config.backend())
     if framework is None:  # Keras' numpy or openvino backend: no allocator to read
-        model.train_on_batch(x, y)
+        train()
         return StepPeak(batch_size, None, None, "no GPU")
     state = framework.reset_peak()
     before = framework.in_use().get(0)
-    model.train_on_batch(x, y)
+    train()
     if not framework.resettable_peak:
         if before is None:
             return StepPeak(batch_size, None, None, "no GPU")
         # after the step: the optimizer's slots exist now, whatever the batch held is gone
         in_use = framework.in_use().get(0)
-        extra = framework.step_bytes(model, x, y)
+        one = keras.tree.map_structure(lambda a: a[:batch_size], (x, y))
+        extra = framework.step_bytes(model, *one)
         if extra is None or in_use is None:
             return StepPeak(batch_size, None, before, f"unknown ({framework.name})")
         return StepPeak(batch_size, in_use + extra, before, "XLA buffer assignment")
