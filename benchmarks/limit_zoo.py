@@ -329,7 +329,7 @@ def check(args) -> None:
                                                    if k not in ("limit", "batch")})
 
     largest = [k for k in todo if k[2] == "float32" and k[1] == max(BATCHES[k[0]])]
-    jobs = [(safe, k) for k in todo] + [(finder, k) for k in largest]
+    jobs = [(finder, k) for k in largest] + [(safe, k) for k in todo]  # the longest first
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(f, k) for f, k in jobs]
         for done in concurrent.futures.as_completed(futures):
@@ -387,7 +387,8 @@ def report(args) -> None:
                   f"{_mib(r['lifetime'])} MiB | {_mib(r['smallest'])} MiB | "
                   f"{_mib(e['limit'])} MiB | {ratio:.3f} | "
                   f"{'' if trains is None else 'yes' if trains else '**no**'} |")
-        print(f"\n{backend}: kmem / smallest working limit: median {statistics.median(ratios):.3f}, "
+        print(f"\n{backend}: kmem / smallest working limit: "
+              f"median {statistics.median(ratios):.3f}, "
               f"lowest {min(ratios):.3f}, highest {max(ratios):.3f} over {len(ratios)} rows; "
               f"held-out models: median {statistics.median(held):.3f} over {len(held)} rows; "
               f"checked at 1.05 x: {sum(1 for k in truth if checks.get(k, {}).get('trains'))} "
@@ -409,9 +410,13 @@ def report(args) -> None:
             slope = (big["smallest"] - small["smallest"]) / (high_b - low_b) if small else None
             top = high_b + int((big["smallest"] - big["largest_failed"]) / slope) \
                 if slope and slope > 0 else None
-            bracket = f"{high_b}–{top}" if top else f"≥ {high_b}"
-            share = f"{f['found'] / top:.2f}–{f['found'] / high_b:.2f}" if top else \
-                f"≥ {f['found'] / high_b:.2f}"
+            # the batch found trained in a real fit under the limit: the true largest is at
+            # least that (the bisection's bracket is an estimate from two rows' limits)
+            floor = max(high_b, f["found"]) if f.get("fit_trains") else high_b
+            top = max(top, floor) if top else None
+            bracket = f"{floor}–{top}" if top else f"≥ {floor}"
+            share = f"{f['found'] / top:.2f}–{f['found'] / floor:.2f}" if top else \
+                f"≤ {f['found'] / floor:.2f}"
             print(f"| {f['model']} | {_mib(f['limit'])} MiB | {f.get('estimated')} | "
                   f"{f['found']} | {len(f['probes'])} | {bracket} | {share} | "
                   f"{'yes' if f.get('fit_trains') else '**no**'} |")
