@@ -210,3 +210,27 @@ def test_a_keras_backend_without_a_gpu_allocator_gets_keras_own_error(fresh):
             RESULT["error"] = f"{type(error).__name__}: {error}"
     """, env={"KERAS_BACKEND": "numpy"})
     assert result["error"].startswith("NotImplementedError") and "NumPy" in result["error"]
+
+
+def test_a_restore_that_runs_out_of_memory_is_retried_and_the_model_is_as_it_was(
+        monkeypatch, device, model, data):
+    # Restoring a variable allocates its new value before the old one is freed; under a tight
+    # limit that can run out (jax, a 195 MiB table on an H200). The framework's own error is
+    # raised by the first assignment of the largest kernel after the probes.
+    x, y = data
+    model.fit(x, y, batch_size=100, epochs=1, verbose=0)
+    fake(device, monkeypatch, fixed=300 * MiB, per_sample=0.5 * MiB)
+    before = state(model)
+    kernel = model.layers[1].kernel
+    real, calls = kernel.assign, []
+
+    def assign(value):
+        calls.append(1)
+        if len(calls) == 1:
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return real(value)
+
+    monkeypatch.setattr(kernel, "assign", assign)
+    found = kmem_magic.find_batch_size(model, x, y, budget="800MiB")
+    assert len(calls) == 2 and found.batch_size > 0
+    assert same(before, state(model)), "every variable restored, the retried one included"
