@@ -79,27 +79,16 @@ x, y = make({steps} * batch)
 # One trial: does the row train under ``limit`` (None: kmem's default policy, measured)?
 TRIAL = PRELUDE + r"""
 out["trains"] = fit(model, x, y)
-if limit is None and out["trains"]:
-    backend = keras.config.backend()
+if limit is None and out["trains"]:  # jax's uncapped run (torch measures in TORCH_SEARCH)
     from kmem_magic import _nvml
-    if backend == "jax":
-        import jax
-        stats = jax.devices()[0].memory_stats()
-        out["lifetime"] = int(stats["peak_bytes_in_use"])
-        out["in_use_after"] = int(stats["bytes_in_use"])
-        out["pool"] = int(stats.get("pool_bytes") or stats.get("bytes_reserved") or 0)
-        one = keras.tree.map_structure(lambda a: a[:batch], (x, y))
-        xla = backends.by_name("jax").step_bytes(model, *one)
-        out["allocated"] = out["in_use_after"] + xla if xla is not None else None
-    else:
-        import torch
-        torch.cuda.reset_peak_memory_stats()
-        torch.cuda.empty_cache()
-        assert fit(model, x, y)
-        out["allocated"] = torch.cuda.max_memory_allocated()
-        out["lifetime"] = torch.cuda.max_memory_reserved()
-        out["in_use_after"] = torch.cuda.memory_allocated()
-        out["pool"] = torch.cuda.memory_reserved()
+    import jax
+    stats = jax.devices()[0].memory_stats()
+    out["lifetime"] = int(stats["peak_bytes_in_use"])
+    out["in_use_after"] = int(stats["bytes_in_use"])
+    out["pool"] = int(stats.get("pool_bytes") or stats.get("bytes_reserved") or 0)
+    one = keras.tree.map_structure(lambda a: a[:batch], (x, y))
+    xla = backends.by_name("jax").step_bytes(model, *one)
+    out["allocated"] = out["in_use_after"] + xla if xla is not None else None
     devices = _nvml.devices()
     out["nvml_process"] = _nvml.process_used(devices[0])[0] if devices else None
 print("ROW " + json.dumps(out))

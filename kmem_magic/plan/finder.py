@@ -157,11 +157,7 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
         try:
             variable.assign(value)
         except Exception as error:
-            if not backends.is_oom(error):
-                raise
-            traceback.clear_frames(error.__traceback__)
-            del error
-            recover()
+            _give_back(error)
             variable.assign(value)
 
 
@@ -290,11 +286,7 @@ class _Search:
         try:
             measured = step_peak(self.model, batch_x, batch_y, steps=2)
         except Exception as error:
-            if not backends.is_oom(error):
-                raise
-            traceback.clear_frames(error.__traceback__)
-            del error
-            recover()
+            _give_back(error)
             self.probes.append(Probe(size, None, "out of memory"))
             self.high = min(self.high, size)
             return
@@ -316,3 +308,12 @@ class _Search:
 
 def _nbytes(keras: Any, data: Any) -> int:
     return sum(getattr(a, "nbytes", 0) for a in keras.tree.flatten(data) if a is not None)
+
+
+def _give_back(error: BaseException) -> None:
+    """Re-raise ``error`` unless it is out of memory; else release its frames' tensors and
+    what the allocators cached, so that the next step can have the memory."""
+    if not backends.is_oom(error):
+        raise error
+    traceback.clear_frames(error.__traceback__)
+    recover()
