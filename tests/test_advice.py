@@ -11,7 +11,7 @@ import pytest
 from kmem_magic.advise import Context, advise
 from kmem_magic.advise.holders import LiveObject
 from kmem_magic.record import CellRecord, Device, Figures, Peak, Timeline
-from kmem_magic.plan.estimator import peak_under
+from kmem_magic.plan.estimator import peak_under, typical_context
 
 MiB, GiB = 2**20, 2**30
 
@@ -96,8 +96,18 @@ def test_near_limit_computes_the_batch_size_that_fits_from_two_measured_sizes():
     # 12 MiB per sample and 256 MiB fixed; what fits under the limit is what the estimate's
     # model of the allocator's reserve leaves of it
     fits = int((peak_under(limit, "torch") - 256 * MiB) / (12 * MiB))
-    assert s.rule == "near-limit" and f"batch_size={fits}   # trains under the 3.50 GiB" in s.code
-    assert 200 < fits < 256
+    assert s.rule == "near-limit" and 200 < fits < 256
+    # ... but under a hard limit batch 256 trained: that is the proof, never less
+    assert "batch_size=256   # the largest that trained under the 3.50 GiB limit" in s.code
+    # on a whole device (no limit) the model plans, beside the CUDA context
+    free = [record(peak={"torch": p * MiB}, source=fit.format(b))
+            for b, p in ((64, 1024), (128, 1792))]
+    total = 3600 * MiB
+    [whole] = advise(record(peak={"torch": 3328 * MiB}, source=fit.format(256), total=total),
+                     free, Context())
+    room = peak_under(total - typical_context("torch"), "torch")
+    assert f"batch_size={int((room - 256 * MiB) / (12 * MiB))}   # trains under the 3.52 GiB " \
+        "device, beside the CUDA context" in whole.code
     assert "12.00 MiB per sample" in s.evidence and "93 % of the limit" in s.title
 
 

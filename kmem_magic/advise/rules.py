@@ -376,6 +376,11 @@ def _measured_fit(record, history, device: int, ceiling: int) -> Optional[Tuple[
     sizes = ", ".join(str(b) for b in sorted(points))
     what = f"the {format_bytes(ceiling)} limit" if limited else \
         f"the {format_bytes(ceiling)} device, beside the CUDA context"
+    if limited and max(points) >= fits:
+        # under a hard limit a batch that trained is the proof, whatever the model plans
+        return (f"batch_size={max(points)}   # the largest that trained under {what}",
+                f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; the "
+                "allocator's planned reserve would leave less, but this batch trained.")
     return (f"batch_size={max(1, fits)}   # trains under {what}",
             f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
             f"the fixed part is {format_bytes(fixed)}; the allocator's reserve beyond the "

@@ -3,8 +3,9 @@
 >>> est = kmem_magic.estimate(model, batch_size=256)                 # doctest: +SKIP
 >>> est.total_bytes, est.per_sample_bytes                            # doctest: +SKIP
 >>> est                                                              # doctest: +SKIP
-estimate for batch 256 (jax, float32): peak 1.21 GiB
-  weights ... gradients ... optimizer slots ... activations ... largest temporary ... batch ...
+estimate for batch 256 (jax, float32): --limit 1.36 GiB trains it (allocated peak 1.21 GiB)
+  weights ... gradients ... optimizer slots ... activations ... allocator reserve ...
+  CUDA context ... (outside the limit, on the device)
 
 Nothing runs and nothing is allocated: the figures come from the model's layer graph (the
 shape of every layer's output), its variables and its optimizer. What the backward pass keeps
@@ -57,11 +58,11 @@ _WORKSPACE = {"torch": 64 * 2**20, "jax": 64 * 2**20}
 MiB = 2**20
 # The smallest hard limit under which a step trains is more than its allocated peak: the
 # allocator maps memory in pages and segments that free blocks leave partly used, and a first
-# step's library workspaces (cuDNN's algorithm search, XLA's autotuner) come on top. Fitted as
-# (share of the peak, fixed bytes) to the smallest working limits of the zoo's calibration
-# models (benchmarks/limit_zoo.py, H200), three models held out: torch with expandable
-# segments (kmem's policy), jax with XLA's pool capped (kmem's --limit path). TensorFlow's
-# pair is borrowed from torch's and was never checked on a GPU.
+# step's library workspaces (cuDNN's algorithm search) come on top. Fitted as (share of the
+# peak, fixed bytes) to the smallest working limits of the zoo's seven calibration models on
+# torch with expandable segments (kmem's policy; benchmarks/limit_zoo.py, H200), three models
+# held out. jax takes the same pair, checked safe there but not fitted: under a limit XLA
+# recompiles into less than its uncapped peak. TensorFlow's was never checked on a GPU.
 _RESERVE = {"torch": (0.105, 28 * MiB), "jax": (0.105, 28 * MiB),
             "tensorflow": (0.105, 28 * MiB)}
 # What a process holds on the device outside every framework limit: the CUDA context and the
@@ -74,7 +75,7 @@ CALIBRATED = ("torch", "jax")
 def largest_where(fits: Callable[[int], bool], ceiling: int) -> int:
     """The largest batch size in [1, ceiling] for which ``fits`` holds (memory grows with the
     batch, so ``fits`` is monotone); 0 if not even 1 does."""
-    if not fits(1):
+    if ceiling < 1 or not fits(1):
         return 0
     low, high = 1, 2
     while high <= ceiling and fits(high):

@@ -62,7 +62,8 @@ class BatchSize:
     def __str__(self) -> str:
         kind = "limit" if self.hard else "budget"
         budget = kind + (" (capped at what this process may use)" if self.capped else "")
-        guess = f", the estimate said {self.estimated_batch}" if self.estimated_batch else ""
+        guess = "" if self.estimated_batch is None else \
+            f", the estimate said {self.estimated_batch or 'none fits'}"
         head = (f"batch size {self.batch_size} trains: its step peaked at "
                 f"{format_bytes(self.peak_bytes)} of the {format_bytes(self.budget_bytes)} "
                 f"{budget}, {format_bytes(self.margin_bytes)} to spare "
@@ -138,6 +139,8 @@ def _budget(budget: Any, headroom: float) -> Tuple[int, bool, bool]:
 def _take(keras: Any, data: Any, size: int, count: int) -> Any:
     import numpy as np
 
+    if size <= count:  # a view: no copy of the user's data
+        return keras.tree.map_structure(lambda a: a[:size], data)
     index = np.arange(size) % count  # repeat the data when the batch is larger than it
     return keras.tree.map_structure(lambda a: np.asarray(a)[index], data)
 
@@ -153,12 +156,27 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
     """Put the saved values back. A variable's new value is allocated before its old one is
     freed, which a tight limit can refuse (seen on jax, a 195 MiB embedding table): then
     what the probes left in the caches is given back and the variable tried once more."""
+    import keras
+
+    failed = []
     for variable, value in saved:
         try:
             variable.assign(value)
         except Exception as error:
             _give_back(error)
-            variable.assign(value)
+            if keras.config.backend() == "jax":
+                # drop the probes' value first: jax arrays are immutable, so the new one is
+                # allocated beside it
+                variable._value = None
+            try:
+                variable.assign(value)
+            except Exception as again:
+                _give_back(again)
+                failed.append(variable.path)
+    if failed:
+        raise RuntimeError(f"find_batch_size could not put back {len(failed)} variables "
+                           f"({', '.join(failed[:3])}): out of memory; the model's weights are "
+                           "not as they were, reload or rebuild it")
 
 
 def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
@@ -171,9 +189,10 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
     this process may use on GPU 0 (the policy's ``--limit``, else what is free), less
     ``headroom`` (a share, default none: the allocator's reserve is already planned for). A
     budget above what this process may use is capped at it. ``max_batch_size`` defaults to the
-    number of samples in ``x``. The batch returned is one a probe trained; the model is left
-    as it was (weights, optimizer state, metrics). When no probe fits within ``max_probes``,
-    the search halves the batch until one does.
+    number of samples in ``x``. Each probe is two steps of a real ``fit`` at its batch size.
+    The batch returned is one a probe trained; the model is left as it was (weights,
+    optimizer state, metrics). When no probe fits within ``max_probes``, the search goes on
+    halving the batch until one does (``probes`` lists them all).
     """
     import keras
 
@@ -183,6 +202,9 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
         raise ValueError(f"headroom must be in [0, 1), not {headroom!r}")
     if isinstance(max_probes, bool) or not isinstance(max_probes, int) or max_probes < 1:
         raise ValueError(f"max_probes must be a positive integer, not {max_probes!r}")
+    if max_batch_size is not None and (isinstance(max_batch_size, bool) or
+                                       not isinstance(max_batch_size, int) or max_batch_size < 1):
+        raise ValueError(f"max_batch_size must be a positive integer, not {max_batch_size!r}")
     leaves = keras.tree.flatten(x)
     if not leaves or not hasattr(leaves[0], "shape") or not len(leaves[0]):
         raise ValueError("x must be an array (or a list/dict of arrays) with samples in it")
@@ -192,21 +214,25 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
                      peak_under(budget_bytes, backend), hard)
     try:
         guess = estimate(model, 1)
-        predicted = max(1, guess.largest_batch(budget_bytes, search.ceiling))
+        predicted = guess.largest_batch(budget_bytes, search.ceiling)
     except (ValueError, TypeError):  # a subclassed model: no graph, start from probes alone
         guess, predicted = None, min(64, search.ceiling)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     saved = _snapshot(model)
     try:
-        search.run(predicted, max_probes, guess)
+        search.run(max(1, predicted), max_probes, guess)
     finally:
         _restore(saved)
         model.reset_metrics()
     low, probes = search.low, search.probes
     if low == 0:
+        why = probes[-1].outcome
+        if why == "over budget":
+            why += (f" (its peak {format_bytes(probes[-1].peak_bytes)} leaves less than the "
+                    "allocator's reserve that kmem_magic.estimate plans for)")
         raise RuntimeError(f"even a batch of {min(b.batch_size for b in probes)} does not fit "
-                           f"in {format_bytes(budget_bytes)}: {probes[-1].outcome}")
+                           f"in {format_bytes(budget_bytes)}: {why}")
     peak = max(p.peak_bytes for p in probes if p.batch_size == low and p.peak_bytes is not None)
     return BatchSize(low, budget_bytes, peak,
                      guess.at(low) if guess is not None else None, probes,
@@ -279,7 +305,8 @@ class _Search:
         return aim
 
     def probe(self, size: int) -> None:
-        """One real training step at ``size``; an out-of-memory error is caught and given back."""
+        """Two real fit steps at ``size``; an out-of-memory error is caught and given back. The
+        peak recorded on jax includes the next batch, which Keras' jax fit keeps on the GPU."""
         # two steps of a real fit: its data pipeline holds what one train_on_batch does not
         batch_x = _take(self.keras, self.x, 2 * size, self.count)
         batch_y = None if self.y is None else _take(self.keras, self.y, 2 * size, self.count)
@@ -296,10 +323,11 @@ class _Search:
         # under a hard limit the step that trained is the proof; under a smaller budget the
         # allocator's reserve must fit beside the step's peak. Keras' jax trainer holds the
         # next batch on the GPU during fit, which a single probe step does not
-        ahead = _nbytes(self.keras, (batch_x, batch_y)) // 2 if self.jax else 0
-        fitted = measured.peak_bytes + ahead <= (self.budget_bytes if self.hard else self.target)
-        self.probes.append(Probe(size, measured.peak_bytes, "fits" if fitted else "over budget"))
-        self.fits.append((size, measured.peak_bytes))
+        peak = measured.peak_bytes + (_nbytes(self.keras, (batch_x, batch_y)) // 2
+                                      if self.jax else 0)
+        fitted = peak <= (self.budget_bytes if self.hard else self.target)
+        self.probes.append(Probe(size, peak, "fits" if fitted else "over budget"))
+        self.fits.append((size, peak))
         if fitted:
             self.low = max(self.low, size)
         else:

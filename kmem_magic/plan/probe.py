@@ -65,8 +65,9 @@ def step_peak(model: Any, x: Any, y: Any = None, steps: int = 1) -> StepPeak:
             return StepPeak(batch_size, None, None, "no GPU")
         # after the step: the optimizer's slots exist now, whatever the batch held is gone
         in_use = framework.in_use().get(0)
-        one = keras.tree.map_structure(lambda a: a[:batch_size], (x, y))
-        extra = framework.step_bytes(model, *one)
+        first = keras.tree.map_structure(lambda a: a[:batch_size], x)
+        extra = framework.step_bytes(model, first, None if y is None else keras.tree.map_structure(
+            lambda a: a[:batch_size], y))
         if extra is None or in_use is None:
             return StepPeak(batch_size, None, before, f"unknown ({framework.name})")
         return StepPeak(batch_size, in_use + extra, before, "XLA buffer assignment")
