@@ -5,7 +5,9 @@
 For each model: one fresh process runs the finder (counting its probe steps), then trains two
 epochs' worth of steps at the size it found, in the same process, to show the kernel goes on.
 Brute force is a bisection over batch sizes in which every step runs in its own fresh process
-and counts as fitting when its allocator peak is within the budget: the true maximum.
+and counts as fitting when its allocator peak leaves the allocator's reserve within the budget
+(the finder's criterion under a budget below the limit; ``limit_zoo.py`` measures the finder
+under a hard limit instead).
 """
 
 from __future__ import annotations
@@ -19,6 +21,10 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from kmem_magic.plan.estimator import peak_under  # noqa: E402 (imports no framework)
+
+BACKEND = os.environ.get("KERAS_BACKEND", "tensorflow")
 GROWTH = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
 
 PRELUDE = r"""
@@ -60,7 +66,9 @@ def child(code):
 
 def fits(name, batch, budget):
     row = child(ONE.format(root=ROOT, here=HERE, name=name, batch=batch))
-    return row.get("peak") is not None and row["peak"] <= budget
+    # the finder's own criterion under a budget: the peak leaves the allocator's reserve
+    # that kmem_magic.estimate plans for
+    return row.get("peak") is not None and row["peak"] <= peak_under(budget, BACKEND)
 
 
 def brute(name, budget, start):

@@ -16,8 +16,10 @@ lifetime peak (jax: XLA's pool, autotuning scratch included; torch: what the all
 reserved), and what the process holds outside the framework's pool (the CUDA context).
 
 ``check`` trains every row in a fresh process under 1.05 x kmem's estimate of the limit, and
-runs ``find_batch_size`` under a limit (1.3 x the smallest working limit of the row's larger
-batch) against the true largest batch under that limit, found by bisection in fresh processes.
+runs ``find_batch_size`` under a hard limit (the smallest working limit of the row's larger
+batch), then a real fit at the batch it found, in the same process. The true largest batch
+under that limit is at least that larger batch; ``report`` brackets it from the two rows'
+limits.
 
 ``report`` prints the tables of docs/benchmarks.md from those files.
 """
