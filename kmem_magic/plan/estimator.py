@@ -103,12 +103,16 @@ def peak_under(limit_bytes: float, backend: str) -> int:
 
 @dataclass
 class Estimate:
-    """The predicted peak of one training step, with what it is made of (bytes).
+    """What one training step needs, predicted, with what it is made of (bytes).
 
-    The parts do not simply add up: gradients and activations are never all alive at once,
-    so ``total_bytes`` (the predicted peak) is at most their sum. ``fixed_bytes`` does not
+    ``limit_bytes`` is the ``--limit`` under which the step is predicted to train: the
+    allocated peak ``total_bytes`` plus ``reserve_bytes``, what the allocator holds beyond it.
+    ``context_bytes`` (the CUDA context) is outside every framework limit; ``device_bytes``
+    adds it. The parts of the peak do not simply add up: gradients and activations are never
+    all alive at once, so ``total_bytes`` is at most their sum. ``fixed_bytes`` does not
     depend on the batch (weights, optimizer slots, the framework's workspaces);
-    ``per_sample_bytes`` is what one more sample adds; :meth:`at` predicts another batch size.
+    ``per_sample_bytes`` is what one more sample adds; :meth:`at` and :meth:`limit_at`
+    predict another batch size.
     """
 
     batch_size: int
@@ -350,7 +354,8 @@ def _recurrent(layer, inputs, batch, backend, size) -> int:
 
 def estimate(model: Any, batch_size: int, optimizer: Any = None,
              dtype_policy: Optional[str] = None) -> Estimate:
-    """The predicted peak of one training step of ``model`` at ``batch_size``, with a breakdown.
+    """What one training step of ``model`` at ``batch_size`` needs: the limit to set, the
+    allocated peak with a breakdown, and the CUDA context beside them (:class:`Estimate`).
 
     ``model`` is a built Sequential or functional Keras model (subclassed models have no layer
     graph to read). ``optimizer`` defaults to the model's compiled one (else Adam);
