@@ -234,3 +234,19 @@ def test_a_restore_that_runs_out_of_memory_is_retried_and_the_model_is_as_it_was
     found = kmem_magic.find_batch_size(model, x, y, budget="800MiB")
     assert len(calls) == 2 and found.batch_size > 0
     assert same(before, state(model)), "every variable restored, the retried one included"
+
+
+def test_under_a_hard_limit_a_weight_heavy_model_is_not_left_at_batch_one(
+        fake_nvml, monkeypatch, device, model, data):
+    # On an H200 an MLP whose weights filled most of the limit got batch 1: the estimate's
+    # planned reserve put even batch 1 over the limit. Here the device has 25 MiB for this
+    # process, 20 MiB are fixed and each sample needs 4 KiB: 1,280 samples fit.
+    from conftest import gpu
+
+    x, y = data
+    fake_nvml([gpu(0, total=1024 * MiB, used=999 * MiB)])
+    fake(device, monkeypatch, fixed=20 * MiB, per_sample=4096, capacity=25 * MiB)
+    found = kmem_magic.find_batch_size(model, x, y)
+    assert found.hard and found.estimated_batch == 0 and "the estimate said none fits" in str(found)
+    assert 0.75 * 1280 <= found.batch_size <= 1280 and len(found.probes) <= 3
+    assert device.steps[-1] == found.batch_size or found.batch_size in device.steps
