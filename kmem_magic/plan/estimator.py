@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import sizes
-from ..sizes import format_bytes
+from ..sizes import MiB, format_bytes
 
 # Slot variables per trainable variable, by optimizer class (the option that adds one).
 _SLOTS = {
@@ -54,8 +54,7 @@ _TORCH_UPDATE = {"Adam": 3.0, "AdamW": 3.0, "Adamax": 3.0, "Nadam": 3.0, "SGD": 
 # What the allocator holds beyond the step's tensors, measured on an H200: torch draws its
 # cuBLAS workspaces (one per thread: forward and autograd) from it; under jax, XLA's
 # workspaces and the allocator's rounding came to about as much.
-_WORKSPACE = {"torch": 64 * 2**20, "jax": 64 * 2**20}
-MiB = 2**20
+_WORKSPACE = {"torch": 64 * MiB, "jax": 64 * MiB}
 # The smallest hard limit under which a step trains is more than its allocated peak: the
 # allocator maps memory in pages and segments that free blocks leave partly used, and a first
 # step's library workspaces (cuDNN's algorithm search) come on top. Fitted as (share of the

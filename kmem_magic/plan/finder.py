@@ -270,19 +270,20 @@ class _Search:
     def _next(self, guess: Any) -> int:
         """The next batch to probe (0: stop), strictly between what fitted and what did not."""
         low, high = self.low, self.high
-        if len(self.fits) >= 2 and fit_line(self.fits):
-            fixed, slope = fit_line(self.fits)
-            nxt = int((self._aim() - fixed) / slope)
+        line, aim = fit_line(self.fits), self._aim()
+        if line:
+            fixed, slope = line
+            nxt = int((aim - fixed) / slope)
         elif self.fits and guess is not None:
             # one measured step: the estimate's shape scaled by its error there, or, where
             # the error is in the fixed part (large weights, a fixed part the estimate put
             # above the limit), the estimate's slope from the measured peak: the farther
             batch, peak = self.fits[-1]
             scale = peak / max(guess.at(batch), 1)
-            nxt = largest_where(lambda b: scale * guess.at(b) <= self._aim(), self.ceiling)
+            nxt = largest_where(lambda b: scale * guess.at(b) <= aim, self.ceiling)
             slope = (guess.at(2 * batch) - guess.at(batch)) / batch
-            if slope > 0 and peak < self._aim():
-                nxt = max(nxt, batch + int((self._aim() - peak) / slope))
+            if slope > 0 and peak < aim:
+                nxt = max(nxt, batch + int((aim - peak) / slope))
         elif self.fits:
             nxt = low * 2
         else:
