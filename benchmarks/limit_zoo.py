@@ -320,7 +320,9 @@ def check(args) -> None:
                                                    if k not in ("limit", "batch")})
 
     largest = [k for k in todo if k[2] == "float32" and k[1] == max(BATCHES[k[0]])]
-    jobs = [(finder, k) for k in largest] + [(safe, k) for k in todo]  # the longest first
+    kinds = args.kinds.split(",")
+    jobs = [(finder, k) for k in largest if "finder" in kinds] + \
+        [(safe, k) for k in todo if "safety" in kinds]  # the longest first
     with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
         futures = [pool.submit(f, k) for f, k in jobs]
         for done in concurrent.futures.as_completed(futures):
@@ -425,6 +427,8 @@ def main() -> None:
     two.add_argument("--json", required=True)
     two.add_argument("--jobs", type=int, default=12)
     two.add_argument("--models", default="")
+    two.add_argument("--kinds", default="finder,safety",
+                     help="which checks to run: finder, safety or both (comma-separated)")
     three = sub.add_parser("report")
     three.add_argument("files", nargs="+")
     args = parser.parse_args()
