@@ -2,9 +2,11 @@
 the bytes of a framework's dtypes and arrays.
 
 >>> parse_limit("4GiB")
-Limit(bytes=4294967296, fraction=None)
+Limit(bytes=4294967296, fraction=None, share=None)
 >>> parse_limit("60%").fraction
 0.6
+>>> format_bytes(parse_limit("share:4").bytes_of(80 * GiB))
+'18.60 GiB'
 >>> format_bytes(1536 * MiB)
 '1.50 GiB'
 >>> format_bytes(None)
@@ -36,14 +38,25 @@ MAX_BYTES = 1024 * TiB
 MIN_BARE_LIMIT = 64 * MiB  # a limit without a unit below this needs one
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-zA-Z]*)\s*$")
 _PERCENT = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*%\s*$")
+_SHARE = re.compile(r"^\s*share\s*:\s*(\d+)\s*$", re.IGNORECASE)
+# A fair share (``share:N``) leaves outside the N framework limits what no limit covers: per
+# kernel its CUDA context (0.6-0.8 GiB measured on an H200, see DESIGN.md) and the allocator's
+# slack, rounded up to SHARE_RESERVE, and for the driver SHARE_DRIVER of the device.
+SHARE_RESERVE = GiB
+SHARE_DRIVER = 0.02
+MAX_SHARE = 64
+MIN_SHARE_BYTES = 256 * MiB
 
 
 @dataclass(frozen=True)
 class Limit:
-    """A memory limit: either an absolute number of bytes or a fraction of each device's total."""
+    """A memory limit: an absolute number of bytes, a fraction of each device's total, or a fair
+    ``share`` of it among that many kernels (each gets 1/share of the device less
+    :data:`SHARE_DRIVER`, minus :data:`SHARE_RESERVE` for what lies outside its limit)."""
 
     bytes: Optional[int] = None
     fraction: Optional[float] = None
+    share: Optional[int] = None
 
     def bytes_of(self, total_bytes: Optional[int]) -> Optional[int]:
         """The limit in bytes on a device of ``total_bytes`` (None when that is unknown)."""
@@ -51,6 +64,9 @@ class Limit:
             return self.bytes
         if total_bytes is None:
             return None
+        if self.share is not None:
+            each = total_bytes * (1 - SHARE_DRIVER) / self.share - SHARE_RESERVE
+            return max(MIN_SHARE_BYTES, int(each))
         return int(self.fraction * total_bytes)
 
     def fraction_of(self, total_bytes: Optional[int]) -> Optional[float]:
@@ -59,9 +75,11 @@ class Limit:
             return self.fraction
         if not total_bytes:
             return None
-        return min(1.0, self.bytes / total_bytes)
+        return min(1.0, self.bytes_of(total_bytes) / total_bytes)
 
     def __str__(self) -> str:
+        if self.share is not None:
+            return f"share:{self.share}"
         if self.fraction is not None:
             return f"{self.fraction * 100:g}%"
         return format_bytes(self.bytes)
@@ -76,7 +94,7 @@ def parse_size(text: str) -> int:
     match = _SIZE.match(str(text))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _UNITS:
-        raise ValueError(f"not a size: {text!r} (use e.g. 4GiB, 512MiB or 60%)")
+        raise ValueError(f"not a size: {text!r} (use e.g. 4GiB, 512MiB, 60% or share:4)")
     value = float(match.group(1)) * _UNITS[unit]
     if value < 1:
         raise ValueError(f"a size must be at least 1 byte: {text!r}")
@@ -86,10 +104,17 @@ def parse_size(text: str) -> int:
 
 
 def parse_limit(text: str) -> Limit:
-    """A :class:`Limit` from ``4GiB`` (bytes) or ``60%`` (share of each GPU's total memory).
+    """A :class:`Limit` from ``4GiB`` (bytes), ``60%`` (of each GPU's total memory) or
+    ``share:N`` (a fair share among N kernels on each GPU, see :class:`Limit`).
 
     A bare number under 64 MiB (``4``: four bytes, surely meant otherwise) needs a unit, and a
     share under 0.1 % is refused: no framework starts in that little memory."""
+    share = _SHARE.match(str(text))
+    if share:
+        count = int(share.group(1))
+        if not 1 <= count <= MAX_SHARE:
+            raise ValueError(f"share:N needs N from 1 to {MAX_SHARE} kernels per GPU: {text!r}")
+        return Limit(share=count)
     match = _PERCENT.match(str(text))
     if match:
         percent = float(match.group(1))
