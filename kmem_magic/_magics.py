@@ -2,8 +2,11 @@
 
 Configuration, strongest first: options on the magic line; ``%config GpuMem.limit = "4GiB"`` (or
 ``c.GpuMem.limit`` in ``ipython_config.py``); the environment variables ``KMEM_POLICY``
-(``growth`` or ``none``) and ``KMEM_LIMIT`` (``4GiB``, ``60%``), which a workshop can set for
-every kernel before anything imports a framework; then the default, ``growth``.
+(``growth`` or ``none``) and ``KMEM_LIMIT`` (``4GiB``, ``60%``, or ``share:20`` for a fair share
+of each GPU among 20 kernels), which a workshop can set for every kernel before anything imports
+a framework; then the default, ``growth``. ``KMEM_LEDGER`` (or ``GpuMem.ledger``) names the
+folder the kernels of a machine or a hub share to know each other (``%gpumem who``); ``off``
+turns it off.
 
 This module only wires the rooms together: :mod:`._cell` compiles and runs the cell,
 :mod:`.measure` measures it, :mod:`.advise` reads the record, :mod:`.show` shows it.
@@ -22,17 +25,18 @@ from IPython.core.error import UsageError
 from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_var_expand
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
-from . import _cell, _nvml
+from . import _cell, _nvml, ledger
 from ._interrupts import held
 from .policy import Configurator, Policy
 from .sizes import parse_limit
 
 if TYPE_CHECKING:  # imported where used: %load_ext needs only the policy (and stays fast)
     from .measure import Measurement
-    from .record import CellRecord, Suggestion
+    from .measure.presence import Presence
+    from .record import CellRecord, Sharing, Suggestion
     from .show.panel import Panel
 
-COMMANDS = ("status", "history", "export")
+COMMANDS = ("status", "history", "export", "who")
 LIVE_PANELS = 20  # panels that keep their widget (and buttons); older ones become static
 CELL_ONLY = ("--interval", "--quiet", "--no-live", "--compare", "-o", "--output")
 
@@ -56,7 +60,7 @@ def _unquoted(value: str) -> str:
     return value
 
 
-_size_or_percent.__name__ = "size (e.g. 4GiB, 512MiB, 60%)"
+_size_or_percent.__name__ = "size (e.g. 4GiB, 512MiB, 60%, share:4)"
 
 
 def _positive_seconds(value: str) -> float:
@@ -76,7 +80,8 @@ def _policy_options(magic):
         magic_arguments.argument("--growth", action="store_true",
                                  help="take GPU memory only as needed (the default)"),
         magic_arguments.argument("--limit", type=_size_or_percent, metavar="SIZE",
-                                 help="growth, capped at SIZE per GPU (4GiB, 512MiB, 60%%)"),
+                                 help="growth, capped at SIZE per GPU (4GiB, 512MiB, 60%%, or "
+                                 "share:N: a fair share among N kernels)"),
         magic_arguments.argument("--no-policy", action="store_true",
                                  help="change nothing, only measure"),
     )):
@@ -98,6 +103,11 @@ class GpuMem(Magics):
     interval = Float(0.1, help="Seconds between two samples while a cell runs.").tag(config=True)
     refresh = Float(0.5, help="Seconds between two redraws of the live panel.").tag(config=True)
     history_size = Int(100, help="How many cell records %gpumem keeps.").tag(config=True)
+    ledger = Unicode(
+        help="The folder the kmem kernels of a machine (or a hub) share to know each other "
+        "(%gpumem who); 'off' for none. Default: $KMEM_LEDGER, else one folder per machine "
+        "under the system's temporary folder."
+    ).tag(config=True)
 
     @default("policy")
     def _policy_default(self) -> str:
@@ -106,6 +116,10 @@ class GpuMem(Magics):
     @default("limit")
     def _limit_default(self) -> str:
         return os.environ.get("KMEM_LIMIT", "")
+
+    @default("ledger")
+    def _ledger_default(self) -> str:
+        return os.environ.get(ledger.ENV, "")
 
     @validate("policy")
     def _check_policy(self, proposal) -> str:
@@ -145,6 +159,8 @@ class GpuMem(Magics):
         self.folder = _notebook_folder(shell)  # where Save writes, whatever %cd does later
         self._gpu_note_said: Optional[str] = None  # "no GPU: why", said once per kernel
         self._loaded = False
+        self.presence: Optional[Presence] = None  # this kernel in the ledger, once loaded
+        self.ledger_note: Optional[str] = None  # why there is no ledger, when there is none
 
     # --------------------------------------------------------------------- life cycle
     def default_policy(self) -> Policy:
@@ -158,31 +174,105 @@ class GpuMem(Magics):
             raise UsageError(f"kmem_magic: {error}{source}") from None
 
     def load(self) -> None:
-        """Apply the default policy (called by ``%load_ext kmem_magic``)."""
-        self.configurator.apply(self.default_policy())
+        """Apply the default policy (called by ``%load_ext kmem_magic``) and join the ledger."""
+        self._apply(self.default_policy())
         self._loaded = True
+        self._open_ledger()
         _nvml.warm_up()  # in the background: the first cell need not wait for NVML to start
 
     def unload(self) -> None:
-        """Undo the policy's variables and hooks (called by ``%unload_ext``); idempotent."""
+        """Undo the policy's variables and hooks (called by ``%unload_ext``) and leave the
+        ledger; idempotent."""
         self._loaded = False
+        self._close_ledger()
         self.configurator.remove()
+
+    def _apply(self, policy: Policy) -> None:
+        self.configurator.apply(policy)
+        self._present()
 
     @observe("policy", "limit")
     def _config_changed(self, change) -> None:
         if self._loaded:
-            self.configurator.apply(self.default_policy())
+            self._apply(self.default_policy())
+
+    @observe("ledger")
+    def _ledger_changed(self, change) -> None:
+        if self._loaded:
+            self._close_ledger()
+            self._open_ledger()
+
+    # --------------------------------------------------------------------- the ledger
+    def _open_ledger(self) -> None:
+        """Join the ledger folder (a folder kmem cannot use is said once, in one line)."""
+        from .measure.presence import Presence
+
+        folder = ledger.chosen_folder(self.ledger)
+        if folder is None:
+            self.ledger_note = "the ledger is off (GpuMem.ledger or $KMEM_LEDGER is 'off')"
+            return
+        try:
+            book = ledger.Ledger(folder, default=folder == ledger.default_folder())
+            self.presence = Presence(book, self.shell.user_ns if self.shell else None)
+        except Exception as error:  # a folder kmem cannot use costs the ledger, nothing else
+            self.ledger_note = f"no ledger: {error}"
+            print(f"kmem_magic: {self.ledger_note}")
+            return
+        self.ledger_note = None
+        self._present()
+
+    def _close_ledger(self) -> None:
+        presence, self.presence = self.presence, None
+        if presence is not None:
+            try:
+                presence.close()
+            except Exception:
+                pass
+
+    def _present(self, record: Optional[CellRecord] = None) -> None:
+        """Write this kernel's record: its policy now, or the figures ``record`` ended with."""
+        policy = self.configurator.policy
+        if self.presence is not None:
+            self.presence.update(policy=str(policy) if policy else "",
+                                 limit=policy.limit if policy else None, record=record)
+
+    def _sharing(self, record: CellRecord) -> Optional[Sharing]:
+        """Write this kernel's figures after ``record``, then read who else holds the GPUs
+        (None without a ledger; never raises)."""
+        if self.presence is None:
+            return None
+        try:
+            self._present(record)
+            return self.presence.who(record)
+        except Exception as failure:
+            self.ledger_note = f"the ledger could not be read ({failure!r})"
+            return None
+
+    def _who(self) -> str:
+        from .show import text
+
+        if self.presence is None:
+            me = ledger.Identity.here()
+            sharing = ledger.view([], me, ledger.Readings.now(), "(none)")
+            return text.who_table(sharing) + f"\nkmem_magic: {self.ledger_note}: other kmem " \
+                "kernels are not shown"
+        sharing = self.presence.who()
+        note = f"\nkmem_magic: {self.presence.fault}" if self.presence.fault else ""
+        return text.who_table(sharing) + note
 
     # --------------------------------------------------------------------- the magics
     @magic_arguments.magic_arguments(name="gpumem")
     @magic_arguments.argument(
         "command", nargs="?", choices=COMMANDS,
         help="'status': the policy, each backend and each GPU (the default without a policy "
-        "option); 'history': every measured cell; 'export PATH': the history as .csv or .json",
+        "option); 'history': every measured cell; 'export PATH': the history as .csv or .json; "
+        "'who': every kmem kernel on this machine's GPUs, by notebook and user",
     )
     @magic_arguments.argument("path", nargs="?", help="for export: a .csv or .json file")
     @magic_arguments.argument("--plot", action="store_true",
                               help="for history: draw memory across all measured cells")
+    @magic_arguments.argument("--no-ledger", action="store_true",
+                              help="leave the ledger: other kernels no longer see this one")
     @_policy_options
     @line_magic("gpumem")
     def gpumem_line(self, line: str = "") -> None:
@@ -206,8 +296,16 @@ class GpuMem(Magics):
             raise UsageError(f"%gpumem: unexpected argument {args.path!r}")
         if args.plot and args.command != "history":
             raise UsageError("%gpumem: --plot goes with history: %gpumem history --plot")
+        if args.no_ledger and args.command not in (None, "status"):
+            raise UsageError("%gpumem: --no-ledger goes alone: %gpumem --no-ledger")
         if policy is not None:
-            self.configurator.apply(policy)
+            self._apply(policy)
+        if args.no_ledger:
+            self._close_ledger()
+            self.ledger_note = "this kernel left the ledger (%gpumem --no-ledger)"
+            print(f"kmem_magic: {self.ledger_note}; other kernels no longer see it")
+            if policy is None and args.command is None:
+                return
         from .show import text
 
         if args.command == "history" and args.plot and self.history:
@@ -220,6 +318,8 @@ class GpuMem(Magics):
             print(text.history_table(self.history))
         elif args.command == "export":
             print(self._export(args.path))
+        elif args.command == "who":
+            print(self._who())
         elif args.command == "status" or policy is None:
             print(text.status(self.configurator))
 
@@ -259,7 +359,7 @@ class GpuMem(Magics):
         except _cell.TopLevelAwait as error:
             raise UsageError(str(error)) from None
         if policy is not None:
-            self.configurator.apply(policy)
+            self._apply(policy)
         return self._measure_cell(code, args, cell)
 
     # --------------------------------------------------------------------- one cell
@@ -274,6 +374,7 @@ class GpuMem(Magics):
         with held() as early:
             measurement = self._start(policy, interval, number, cell)
             panel = self._panel(policy, number, interval, args, measurement)
+            self._watch(measurement, panel)
         error: Optional[BaseException] = None
         value = None
         try:
@@ -381,6 +482,21 @@ class GpuMem(Magics):
             return None
         return panel
 
+    def _watch(self, measurement: Optional[Measurement], panel: Optional[Panel]) -> None:
+        """While the cell runs, each sample feeds the live panel and, at most every few
+        seconds, this kernel's ledger record."""
+        presence = self.presence
+        if measurement is None or presence is None:
+            return
+        show = measurement.on_sample
+
+        def on_sample(timeline) -> None:
+            if show is not None:
+                show(timeline)
+            presence.during(timeline, measurement.devices)
+
+        measurement.on_sample = on_sample
+
     def _finish(self, measurement: Optional[Measurement], error,
                 panel: Optional[Panel]) -> Optional[CellRecord]:
         """Stop measuring: the cell's record, or None if kmem failed (then said, never raised:
@@ -412,6 +528,7 @@ class GpuMem(Magics):
 
     def _remember_and_show(self, record: CellRecord, extra: List[Suggestion], value, args,
                            panel: Optional[Panel]) -> None:
+        record = dataclasses.replace(record, sharing=self._sharing(record))
         suggestions, holders = self._suggest(record, value)
         record = dataclasses.replace(record, suggestions=tuple(extra + suggestions),
                                      holders=holders, step_plan=self._step_plan(record))

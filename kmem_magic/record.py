@@ -210,6 +210,75 @@ class StepPlan:
 
 
 @dataclass(frozen=True)
+class Peer:
+    """One kmem kernel on this machine as its ledger record shows it (``%gpumem who``), on one
+    GPU (``device``, a CUDA ordinal of this process; None for a kernel's host-only row).
+
+    ``holds`` is what the kernel holds on the GPU and ``holds_source`` where that figure comes
+    from: ``"NVML"`` (the driver's figure for its process) or ``"allocator pool (ledger)"``
+    where NVML names no process (containers), which leaves out its CUDA context.
+    ``elsewhere``: the record comes from another host or container, whose process this kernel
+    cannot check, so it is listed as last seen ``age_s`` ago."""
+
+    notebook: str
+    user: str
+    pid: int
+    host: str
+    backend: Optional[str] = None
+    policy: str = ""
+    device: Optional[int] = None
+    limit_bytes: Optional[int] = None
+    in_use: Optional[int] = None
+    peak: Optional[int] = None
+    pool: Optional[int] = None
+    holds: Optional[int] = None
+    holds_source: str = ""
+    host_rss: Optional[int] = None
+    age_s: float = 0.0
+    last_cell_age_s: Optional[float] = None
+    running: bool = False
+    me: bool = False
+    same_user: bool = True
+    elsewhere: bool = False
+    over_share: bool = False
+
+
+@dataclass(frozen=True)
+class GpuShare:
+    """Who holds one GPU: its kmem kernels (in :attr:`Sharing.peers`), the processes NVML lists
+    that no kmem kernel accounts for (``others``: pid, name or None, bytes or None) and what
+    neither accounts for (``unaccounted``: device used less both; None when unknown)."""
+
+    index: int
+    uuid: str
+    name: str
+    total_bytes: int
+    used_bytes: Optional[int] = None
+    others: Tuple[tuple, ...] = ()
+    unaccounted: Optional[int] = None
+    nvml_lists: bool = True  # False where NVML names no process (a container hides them)
+    share_bytes: Optional[int] = None  # the fair share in force (share:N), if any
+
+
+@dataclass(frozen=True)
+class Sharing:
+    """Every kmem kernel on this machine beside this one, from the shared ledger folder."""
+
+    folder: str
+    peers: Tuple[Peer, ...] = ()
+    gpus: Tuple[GpuShare, ...] = ()
+    skipped: int = 0  # records that could not be read (corrupt, partial, too large)
+    share: str = ""  # "share:4" when a fair share is in force
+
+    def on(self, device: Optional[int]) -> Tuple[Peer, ...]:
+        """The kernels' rows on GPU ``device`` (host-only rows when None)."""
+        return tuple(p for p in self.peers if p.device == device)
+
+    def gpu(self, device: int) -> Optional[GpuShare]:
+        return next((g for g in self.gpus if g.index == device), None)
+
+
+@dataclass(frozen=True)
 class CellRecord:
     """Everything ``%%gpumem`` measured for one cell, and the suggestions made from it."""
 
@@ -240,6 +309,8 @@ class CellRecord:
     # An out-of-memory error's post-mortem, and the planned parts of a Keras step's peak.
     postmortem: Optional[PostMortem] = None
     step_plan: Optional[StepPlan] = None
+    # The other kmem kernels on this machine and who holds each GPU (the shared ledger).
+    sharing: Optional[Sharing] = None
 
     @property
     def name(self) -> str:
@@ -335,6 +406,12 @@ class CellRecord:
             raw = dict(data["step_plan"])
             raw["parts"] = tuple(StepPart(**p) for p in raw.get("parts", ()))
             data["step_plan"] = StepPlan(**raw)
+        if data.get("sharing"):
+            raw = dict(data["sharing"])
+            raw["peers"] = tuple(Peer(**p) for p in raw.get("peers", ()))
+            raw["gpus"] = tuple(GpuShare(**dict(g, others=tuple(tuple(o) for o in g["others"])))
+                                for g in raw.get("gpus", ()))
+            data["sharing"] = Sharing(**raw)
         return cls(timeline=timeline, **data)
 
     @classmethod

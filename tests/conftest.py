@@ -23,7 +23,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KMEM_ENV = (
     "TF_FORCE_GPU_ALLOW_GROWTH", "XLA_PYTHON_CLIENT_PREALLOCATE", "XLA_PYTHON_CLIENT_MEM_FRACTION",
     "XLA_CLIENT_MEM_FRACTION", "PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF",
-    "KMEM_LIMIT", "KMEM_POLICY",
+    "KMEM_LIMIT", "KMEM_POLICY", "KMEM_LEDGER",
 )
 
 
@@ -59,9 +59,11 @@ def no_thread_left_behind():
 
 
 @pytest.fixture(autouse=True)
-def clean_environment():
-    """Each test starts and ends without kmem's variables, and with fresh NVML state."""
+def clean_environment(tmp_path_factory):
+    """Each test starts and ends without kmem's variables, and with fresh NVML state; the
+    kernels it starts share a ledger folder of its own (never the machine's)."""
     saved = {name: os.environ.pop(name, None) for name in KMEM_ENV}
+    os.environ["KMEM_LEDGER"] = str(tmp_path_factory.mktemp("ledger"))
     _nvml.reset_for_tests()
     yield
     for name, value in saved.items():
@@ -196,6 +198,7 @@ def run_fresh(code: str, env: dict | None = None, timeout: float = 600) -> dict:
     helper; the script fills the dict ``RESULT``, which comes back. Fails on a crash."""
     script = PRELUDE + textwrap.dedent(code) + "\nprint('@@RESULT@@' + json.dumps(RESULT))\n"
     full_env = {k: v for k, v in os.environ.items() if k not in KMEM_ENV}
+    full_env["KMEM_LEDGER"] = os.environ.get("KMEM_LEDGER", "off")
     full_env.update(env or {})
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, full_env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

@@ -81,7 +81,7 @@ def test_other_processes_are_named_and_hidden_ones_are_said_to_be_hidden():
                                                  [999999, None, 5 * GiB]]})
     [s] = advise(cell, [], Context())
     assert s.rule == "other-processes" and s.saving_bytes == 15 * GiB
-    assert "pid 4242 (python3) 10.00 GiB" in s.evidence
+    assert "pid 4242 (python3, no kmem) holds 10.00 GiB" in s.evidence
     assert "1 process(es) this container cannot see" in s.evidence
     assert "--limit 58GiB" in s.code
 

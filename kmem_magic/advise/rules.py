@@ -267,27 +267,77 @@ def climb(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
 
 
 def other_processes(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
-    """Other processes hold a good share of the GPU."""
+    """Other processes hold a good share of the GPU: named by notebook and user where their
+    kernels keep a ledger record (``%gpumem who``), with what would free it there."""
     for device in record.devices:
-        others = record.others.get(device.index) or []
-        known = [o for o in others if o[2]]
-        total = sum(o[2] for o in known)
+        sharing = record.sharing
+        peers = [p for p in sharing.on(device.index) if not p.me] if sharing else []
+        by_pid = {p.pid: p for p in peers if not p.elsewhere}
+        named, hidden = [], []  # (bytes, text, peer or None)
+        for pid, name, used in record.others.get(device.index) or []:
+            if not used:
+                continue
+            peer = by_pid.pop(pid, None)
+            if peer is not None:
+                named.append((used, f"{_peer_name(peer)} holds {format_bytes(used)}", peer))
+            elif name:
+                named.append((used, f"pid {pid} ({name}, no kmem) holds {format_bytes(used)}",
+                              None))
+            else:
+                hidden.append(used)
+        # kernels NVML could not name for us (a container): their own figures, said as such
+        unmatched = [p for p in by_pid.values()] + [p for p in peers if p.elsewhere]
+        ledger_only = [(p.holds, f"{_peer_name(p)} holds {format_bytes(p.holds)} "
+                        f"({p.holds_source})", p) for p in unmatched if p.holds]
+        total = sum(b for b, _, _ in named) + sum(hidden)
+        if not named and not hidden:
+            named, total = ledger_only, sum(b for b, _, _ in ledger_only)
         if total < max(1 * GiB, 0.1 * device.total_bytes):
             continue
-        named = [o for o in known if o[1]]
-        hidden = [o for o in known if not o[1]]
-        parts = [f"pid {pid} ({name}) {format_bytes(used)}" for pid, name, used in
-                 sorted(named, key=lambda o: -o[2])[:5]]
+        named.sort(key=lambda item: -item[0])
+        parts = [text for _, text, _ in named[:5]]
         if hidden:
+            among = f"; among them, by the ledger: {', '.join(t for _, t, _ in ledger_only)}" \
+                if ledger_only else ""
             parts.append(f"{len(hidden)} process(es) this container cannot see (NVML reports "
-                         f"host PIDs) holding {format_bytes(sum(o[2] for o in hidden))}")
-        code = ("# free them in their own notebooks (restart or shut down those kernels),\n"
-                "# or run here under a limit that leaves room for them:\n"
-                f"%gpumem --limit {max(1, int((device.total_bytes - total) * 0.9 / GiB))}GiB")
+                         f"host PIDs) hold {format_bytes(sum(hidden))}{among}")
+        used = record.figures(device.index).after.get("device")
+        free = f" This kernel can use {format_bytes(device.total_bytes - used)} more now " \
+            f"(free on GPU {device.index}, NVML)." if used is not None else ""
+        frees = [_how_to_free(peer) for _, _, peer in named[:5] if peer is not None]
+        code = "\n".join(
+            ["# free it where it is held:"] + [f"#   {line}" for line in frees] +
+            ["#   or restart or shut down those kernels" if not frees else
+             "#   other programs give it back only when they end"] +
+            ["# or run here under a limit that leaves room for them:",
+             f"%gpumem --limit {max(1, int((device.total_bytes - total) * 0.9 / GiB))}GiB"])
         return Suggestion("other-processes",
                           f"Other processes hold {format_bytes(total)} of GPU {device.index}",
-                          "; ".join(parts) + ".", code, total, "measured")
+                          "; ".join(parts) + "." + free, code, total, "measured")
     return None
+
+
+def _peer_name(peer) -> str:
+    """``train.ipynb (alice, jax, limit 20.00 GiB)``: a kmem kernel as the advice names it."""
+    how = [peer.user, peer.backend or "no keras"]
+    how.append(f"limit {format_bytes(peer.limit_bytes)}" if peer.limit_bytes else
+               peer.policy or "no policy")
+    if peer.elsewhere:
+        how.append(f"on {peer.host}")
+    return f"{peer.notebook} ({', '.join(how)})"
+
+
+def _how_to_free(peer) -> str:
+    """What gives back the memory ``peer`` holds, run in its own notebook."""
+    where = f"in {peer.notebook}" + ("" if peer.same_user else f" (ask {peer.user})")
+    if peer.backend == "torch" and peer.pool is not None and peer.in_use is not None \
+            and peer.pool > peer.in_use:
+        return (f"{where}: torch.cuda.empty_cache() gives back "
+                f"{format_bytes(peer.pool - peer.in_use)} cached "
+                f"(in use {format_bytes(peer.in_use)}); restarting its kernel gives back all")
+    keeps = f"{peer.backend} keeps its pool until the process ends" if peer.backend in (
+        "jax", "tensorflow") else "its memory comes back when the kernel ends"
+    return f"{where}: restart its kernel ({keeps})"
 
 
 def mixed_precision(record: CellRecord, history: Sequence[CellRecord], ctx: Context):

@@ -13,7 +13,7 @@ from typing import List, Sequence
 from ..backends import color, label
 from ..record import HOST, CellRecord, Device, Suggestion
 from ..sizes import format_bytes
-from .text import holders_line, measured_peak, postmortem_lines, saving, title
+from .text import holders_line, measured_peak, postmortem_lines, saving, title, who_rows
 
 
 def header(title: str, devices: Sequence[Device]) -> str:
@@ -33,7 +33,7 @@ def static(record: CellRecord, note_gpu: bool = True) -> str:
 
     return (f"<div class='kmem-static'>{header(html.escape(title(record)), record.devices)}"
             f"{svg(record)}{final_stats(record, note_gpu)}{postmortem(record)}"
-            f"{step_bars(record)}{suggestions(record.suggestions)}</div>")
+            f"{step_bars(record)}{suggestions(record.suggestions)}{who(record)}</div>")
 
 
 def swatch(source: str) -> str:
@@ -101,6 +101,28 @@ def step_bars(record: CellRecord) -> str:
             f"estimate for model '{html.escape(plan.model)}', batch {plan.batch_size}: predicted "
             f"peak {format_bytes(plan.predicted_bytes)}; measured peak {measured})</small>"
             f"{bars}</div>")
+
+
+def who(record: CellRecord) -> str:
+    """Who holds the GPU (``%gpumem who`` as a small table), shown when other processes hold
+    a good share of it (the other-processes suggestion fired); empty otherwise."""
+    sharing = record.sharing
+    if sharing is None or not any(s.rule == "other-processes" for s in record.suggestions):
+        return ""
+    parts = []
+    for gpu in sharing.gpus:
+        head, *rows = who_rows(sharing, gpu.index)
+        if not rows:
+            continue
+        cells = "".join(f"<th>{html.escape(c)}</th>" for c in head[1:])
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row[1:]) + "</tr>"
+                       for row in rows)
+        rest = f"; not accounted: {format_bytes(gpu.unaccounted)}" \
+            if gpu.unaccounted is not None else ""
+        parts.append(f"<b>Who holds GPU {gpu.index}</b> <small>({format_bytes(gpu.used_bytes)}"
+                     f" used of {format_bytes(gpu.total_bytes)}{rest}; %gpumem who)</small>"
+                     f"<table class='kmem-who'><tr>{cells}</tr>{body}</table>")
+    return f"<div class='kmem-who'>{''.join(parts)}</div>" if parts else ""
 
 
 def suggestion(item: Suggestion) -> str:

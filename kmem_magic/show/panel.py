@@ -155,7 +155,8 @@ class Panel:
             self.widget.header_html = html.header(escape(text.title(record)), self.devices)
             self.widget.facts_html = (html.final_stats(record, note_gpu)
                                       + html.postmortem(record) + html.step_bars(record)
-                                      + html.suggestions(record.suggestions))
+                                      + html.suggestions(record.suggestions)
+                                      + html.who(record))
             self.widget.final = final
             self.widget.status = status
             self.widget.actions = ["save", "history"] + (

@@ -12,6 +12,7 @@ from typing import Any, List, Sequence
 
 from .. import _nvml, backends
 from ..backends import label
+from ..ledger import exceeds
 from ..record import HOST, UNKNOWN, CellRecord, Figures, Suggestion
 from ..sizes import format_bytes
 
@@ -204,4 +205,78 @@ def status(configurator: Any) -> str:
     if configurator.env.names:
         lines.append("set by kmem: " + ", ".join(
             f"{name}={os.environ.get(name)}" for name in configurator.env.names))
+    return "\n".join(lines)
+
+
+def _age(seconds) -> str:
+    if seconds is None:
+        return "no cell yet"
+    if seconds < 90:
+        return f"{seconds:.0f} s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min ago"
+    return f"{seconds / 3600:.1f} h ago"
+
+
+def who_rows(sharing: Any, device) -> List[List[str]]:
+    """The rows of GPU ``device`` (host-only rows when None) in :func:`who_table`, header
+    first: one per kmem kernel, then the processes no kernel accounts for."""
+    gpu = sharing.gpu(device) if device is not None else None
+    rows = [["", "notebook", "user", "backend", "limit", "in use", "peak", "holds",
+             "last cell"] if device is not None else
+            ["", "notebook", "user", "backend", "policy", "host RSS", "last cell"]]
+    for p in sharing.on(device):
+        name = p.notebook + (" (this kernel)" if p.me else "") + \
+            (f" (on {p.host}, seen {_age(p.age_s)})" if p.elsewhere else "")
+        when = "running now" if p.running else _age(p.last_cell_age_s)
+        flag = "!" if p.over_share else "*" if p.me else ""
+        if device is None:
+            rows.append([flag, name, p.user, p.backend or "-", p.policy or "-",
+                         format_bytes(p.host_rss), when])
+            continue
+        holds = format_bytes(p.holds) + (f" ({p.holds_source})" if p.holds_source else "")
+        rows.append([flag, name, p.user, p.backend or "-",
+                     format_bytes(p.limit_bytes) if p.limit_bytes else "none",
+                     format_bytes(p.in_use), format_bytes(p.peak), holds, when])
+    for pid, name, used in gpu.others if gpu else ():
+        over = exceeds(used, gpu.share_bytes)
+        rows.append(["!" if over else "", f"not kmem: pid {pid} ({name or 'hidden'})", "", "",
+                     "", "", "", f"{format_bytes(used)} (NVML)", ""])
+    return rows
+
+
+def _columns(rows: List[List[str]]) -> List[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def who_table(sharing: Any) -> str:
+    """``%gpumem who``: every kmem kernel on this machine's GPUs (notebook, user, backend,
+    limit, in use, peak, what it holds, its last cell), the processes no kmem kernel accounts
+    for, and what nobody accounts for."""
+    lines = []
+    for gpu in sharing.gpus:
+        share = f" · fair share {sharing.share}: {format_bytes(gpu.share_bytes)} each" \
+            if gpu.share_bytes else ""
+        lines.append(f"GPU {gpu.index} {gpu.name} ({gpu.uuid[:12]}): "
+                     f"{format_bytes(gpu.used_bytes)} used of {format_bytes(gpu.total_bytes)}"
+                     f" (NVML){share}")
+        lines += ["  " + line for line in _columns(who_rows(sharing, gpu.index))]
+        if gpu.unaccounted is not None:
+            lines.append(f"  not accounted for by any kernel or process listed: "
+                         f"{format_bytes(gpu.unaccounted)}")
+        if not gpu.nvml_lists:
+            lines.append("  NVML names no process on this GPU (a container hides them): the "
+                         "kernels' figures are their own allocator pools from the ledger, "
+                         "without their CUDA contexts")
+    if not sharing.gpus:
+        lines.append("kmem kernels on this machine (no GPU visible: host memory)")
+        lines += ["  " + line for line in _columns(who_rows(sharing, None))]
+    if any(p.over_share for p in sharing.peers) or any(
+            exceeds(u, g.share_bytes) for g in sharing.gpus for _, _, u in g.others):
+        lines.append("! holds more than the fair share (and its CUDA context)")
+    kernels = len({(p.host, p.pid) for p in sharing.peers})
+    lines.append(f"ledger {sharing.folder}: {kernels} kmem kernel{'s' if kernels != 1 else ''}"
+                 + (f"; {sharing.skipped} unreadable record(s) skipped" if sharing.skipped
+                    else ""))
     return "\n".join(lines)
