@@ -133,3 +133,14 @@ def test_binder_files_parse_and_install_into_a_fresh_environment(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     assert json.loads((out / "quickstart.ipynb").read_text())["cells"]
+
+
+def test_workshop_host_shows_every_student_kernel_and_one_that_left(tmp_path):
+    nb = execute(ROOT / "notebooks" / "workshop-host.ipynb", tmp_path, "jax")
+    who = [text_of(c) for c in nb.cells if c.cell_type == "code" and "%gpumem who" in c.source]
+    assert len(who) == 2
+    for name in ("students/ada.ipynb", "students/grace.ipynb"):
+        assert name in who[0]
+    assert "(this kernel)" in who[0] and "3 kmem kernels" in who[0]
+    assert "students/ada.ipynb" in who[1] and "students/grace.ipynb" not in who[1]
+    assert "2 kmem kernels" in who[1]
