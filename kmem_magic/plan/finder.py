@@ -179,6 +179,16 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
                            "not as they were, reload or rebuild it")
 
 
+def _refill(saved: List[Tuple[Any, Any]]) -> None:
+    """Give values back to the variables a failed step left empty: Keras' jax trainer takes
+    them out of the variables for the step (``_value`` None) and puts them back only after a
+    step that succeeded, so the next probe's ``fit`` would find a model without weights. The
+    probes' values do not matter (the search restores the saved ones at the end)."""
+    for variable, value in saved:
+        if getattr(variable, "_value", 0) is None:
+            variable.assign(value)
+
+
 def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
                     headroom: float = 0.0, max_batch_size: Optional[int] = None,
                     max_probes: int = 3) -> BatchSize:
@@ -210,16 +220,17 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
         raise ValueError("x must be an array (or a list/dict of arrays) with samples in it")
     budget_bytes, capped, hard = _budget(budget, headroom)
     backend = keras.config.backend()
-    search = _Search(keras, model, x, y, budget_bytes, max_batch_size or len(leaves[0]),
-                     peak_under(budget_bytes, backend), hard)
+    ceiling = max_batch_size or len(leaves[0])
     try:
         guess = estimate(model, 1)
-        predicted = guess.largest_batch(budget_bytes, search.ceiling)
+        predicted = guess.largest_batch(budget_bytes, ceiling)
     except (ValueError, TypeError):  # a subclassed model: no graph, start from probes alone
-        guess, predicted = None, min(64, search.ceiling)
+        guess, predicted = None, min(64, ceiling)
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
     saved = _snapshot(model)
+    search = _Search(keras, model, x, y, budget_bytes, ceiling,
+                     peak_under(budget_bytes, backend), hard, saved)
     try:
         search.run(max(1, predicted), max_probes, guess)
     finally:
@@ -245,8 +256,10 @@ class _Search:
     that did not fit (``high``), and the allocated peak that fits (``target``)."""
 
     def __init__(self, keras: Any, model: Any, x: Any, y: Any, budget_bytes: int,
-                 ceiling: int, target: int, hard: bool) -> None:
+                 ceiling: int, target: int, hard: bool,
+                 saved: Optional[List[Tuple[Any, Any]]] = None) -> None:
         self.keras, self.model, self.x, self.y = keras, model, x, y
+        self.saved = saved or []
         self.count = len(keras.tree.flatten(x)[0])
         self.budget_bytes, self.ceiling = budget_bytes, ceiling
         self.target, self.hard = target, hard
@@ -316,13 +329,22 @@ class _Search:
         # two steps of a real fit: its data pipeline holds what one train_on_batch does not
         batch_x = _take(self.keras, self.x, 2 * size, self.count)
         batch_y = None if self.y is None else _take(self.keras, self.y, 2 * size, self.count)
+        # Keras' traceback filter drops its own frames from the error, but the frames it
+        # keeps still link to them (f_back): a failed step's activations would stay alive
+        # beside the next probe (torch: 0.5-2 GiB on the H200) unless every frame is cleared
+        filtering = self.keras.config.is_traceback_filtering_enabled()
+        self.keras.config.disable_traceback_filtering()
         try:
             measured = step_peak(self.model, batch_x, batch_y, steps=2)
         except Exception as error:
             _give_back(error)
+            _refill(self.saved)
             self.probes.append(Probe(size, None, "out of memory"))
             self.high = min(self.high, size)
             return
+        finally:
+            if filtering:
+                self.keras.config.enable_traceback_filtering()
         if measured.peak_bytes is None:
             raise ValueError(f"the step's peak cannot be measured here ({measured.source}): "
                              "find_batch_size needs a GPU")
@@ -349,5 +371,9 @@ def _give_back(error: BaseException) -> None:
     what the allocators cached, so that the next step can have the memory."""
     if not backends.is_oom(error):
         raise error
-    traceback.clear_frames(error.__traceback__)
+    seen = set()
+    while error is not None and id(error) not in seen:  # the errors it chains hold frames too
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
     recover()
