@@ -159,18 +159,9 @@ class GpuUse:
 
 
 @dataclass(frozen=True)
-class Entry:
-    """One kernel's record in the ledger."""
+class Entry(Identity):
+    """One kernel's record in the ledger: who (its :class:`Identity`), how and how much."""
 
-    pid: int
-    host: str
-    user: str
-    uid: Optional[int]
-    notebook: str
-    kernel_id: Optional[str]
-    started: float
-    boot: str
-    pidns: str
     backend: Optional[str] = None
     policy: str = ""
     updated: float = 0.0
