@@ -12,7 +12,7 @@ PACKAGE = os.path.dirname(os.path.abspath(kmem_magic.__file__))
 # ``kmem_magic``, only by its own name).
 FLOORS = [
     ("kmem_magic.record", "kmem_magic.sizes", "kmem_magic._nvml", "kmem_magic._host",
-     "kmem_magic._cell", "kmem_magic._interrupts"),
+     "kmem_magic._cell", "kmem_magic._interrupts", "kmem_magic.ledger"),
     ("kmem_magic.backends",),
     ("kmem_magic.policy", "kmem_magic.measure", "kmem_magic.advise", "kmem_magic.plan"),
     ("kmem_magic.show",),
