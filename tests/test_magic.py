@@ -348,9 +348,10 @@ def test_after_out_of_memory_the_traceback_is_whole_and_the_frames_are_then_rele
 def test_help_reads_as_plain_text_with_the_choices_and_defaults(ip):
     line = ip.find_line_magic("gpumem").__doc__
     cell = ip.find_cell_magic("gpumem").__doc__
-    assert line.startswith("Usage: %gpumem [--plot] [--growth]") and cell.startswith("Usage: %%gpumem")
+    assert line.startswith("Usage: %gpumem [--plot] [--no-ledger] [--growth]")
+    assert cell.startswith("Usage: %%gpumem")
     assert "::" not in line and "::" not in cell and "``" not in line + cell
-    assert "{status,history,export}" in line
+    assert "{status,history,export,who}" in line and "share:N" in line
     assert "mixed_float16 or mixed_bfloat16" in cell and "default 0.1" in cell
 
 
