@@ -21,14 +21,17 @@ removed. The folder is the only channel: no network call, no daemon.
 The folder: ``GpuMem.ledger`` or ``$KMEM_LEDGER`` (a hub points every kernel at one folder;
 ``off`` turns it off), else :func:`default_folder`, one per machine. kmem creates a missing
 folder like ``/tmp`` (sticky, everyone may add their own records) when it is the default, and
-group-shared (``2770``) when it is named; a host who wants the ledger private to a workshop
-creates it first: ``install -d -m 2770 -g students /srv/kmem-ledger``.
+group-shared and sticky (``3770``) when it is named; a host who wants the ledger private to a
+workshop creates it first: ``install -d -m 3770 -g students /srv/kmem-ledger``. A folder others
+may write to without the sticky bit is refused, and a record is believed only from the user it
+names (the file's owner).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import secrets
@@ -44,7 +47,7 @@ import psutil
 
 from . import _nvml
 from .record import CellRecord, Device, GpuShare, Peer, Sharing
-from .sizes import SHARE_RESERVE, Limit
+from .sizes import MAX_BYTES, SHARE_RESERVE, parse_limit
 
 VERSION = 1
 ENV = "KMEM_LEDGER"
@@ -90,15 +93,12 @@ def _pid_namespace() -> str:
 
 
 def _user() -> str:
-    name = os.environ.get("JUPYTERHUB_USER")
-    if name:
-        return name
-    try:
-        import getpass
-
-        return getpass.getuser()
-    except Exception:  # a container without a passwd entry for its uid
-        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
+    """The hub's user name, else the login's; never the user database (with LDAP or SSSD
+    that lookup is a network call)."""
+    for name in ("JUPYTERHUB_USER", "LOGNAME", "USER", "LNAME", "USERNAME"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 _KERNEL_FILE = re.compile(r"kernel-([0-9A-Za-z-]+)\.json$")
@@ -195,7 +195,9 @@ class Entry(Identity):
 
 
 def _check_types(item: Any) -> None:
-    """Raise ``ValueError`` when a field does not hold the type its annotation names."""
+    """Raise ``ValueError`` when a field does not hold the type its annotation names, or a
+    value no kernel writes (a pid below 1, a size beyond any device, a time that is not one):
+    a record is read from a folder others can write to."""
     for f in dataclasses.fields(item):
         value, kind = getattr(item, f.name), str(f.type)
         if f.name == "gpus":
@@ -205,6 +207,12 @@ def _check_types(item: Any) -> None:
         if value is None and "Optional" in kind:
             continue
         if not isinstance(value, allowed) or (isinstance(value, bool) and "bool" not in kind):
+            raise ValueError(f"{f.name}: {value!r}")
+        if isinstance(value, str) and len(value) > 4096:
+            raise ValueError(f"{f.name}: too long")
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not (
+                (1 if f.name == "pid" else 0) <= value <= MAX_BYTES and (
+                    isinstance(value, int) or math.isfinite(value))):
             raise ValueError(f"{f.name}: {value!r}")
 
 
@@ -219,14 +227,14 @@ def _prepare(folder: str, default: bool) -> int:
         raise LedgerError(f"cannot create the ledger folder {folder}: "
                           f"{error.strerror or error}") from None
     else:  # mkdir obeys the umask: set the mode meant
-        os.chmod(folder, 0o1777 if default else 0o2770)
+        os.chmod(folder, 0o1777 if default else 0o3770)
     info = os.lstat(folder)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
         raise LedgerError(f"the ledger folder {folder} is not a folder (or is a symlink)")
     mode = stat.S_IMODE(info.st_mode)
-    if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
-        raise LedgerError(f"the ledger folder {folder} is writable by everyone without the "
-                          "sticky bit (anyone could replace records): chmod +t it")
+    if mode & (stat.S_IWOTH | stat.S_IWGRP) and not mode & stat.S_ISVTX:
+        raise LedgerError(f"the ledger folder {folder} is writable by others without the "
+                          "sticky bit (they could remove or replace records): chmod +t it")
     # a record is readable by exactly those who may enter the folder
     return 0o600 | (0o040 if mode & stat.S_IXGRP else 0) | (0o004 if mode & stat.S_IXOTH else 0)
 
@@ -274,7 +282,8 @@ class Ledger:
         """Every live kernel's entry (this one's included) and how many records were skipped
         because they could not be read; removes records whose process is gone."""
         here = (socket.gethostname(), _boot_id(), _pid_namespace())
-        entries, skipped = [], 0
+        newest: Dict[tuple, Entry] = {}
+        skipped = 0
         try:
             names = sorted(os.listdir(self.folder))
         except OSError:
@@ -288,11 +297,14 @@ class Ledger:
                 skipped += 1
                 continue
             alive = is_alive(entry, here)
-            if alive is False:
+            local = (entry.host, entry.boot, entry.pidns) == here
+            if alive is False and local:
                 _unlink(path)  # where the folder lets this user (the sticky bit may not)
-            else:
-                entries.append(entry)
-        return entries, skipped
+            elif alive is not False:
+                key = (entry.host, entry.boot, entry.pidns, entry.pid)
+                if key not in newest or newest[key].updated < entry.updated:
+                    newest[key] = entry  # one kernel, one row (a copy is not a second one)
+        return list(newest.values()), skipped
 
 
 def _read(path: str) -> Optional[Entry]:
@@ -306,8 +318,11 @@ def _read(path: str) -> Optional[Entry]:
         info = os.fstat(handle)
         if not stat.S_ISREG(info.st_mode) or info.st_size > MAX_RECORD_BYTES:
             return None
-        return Entry.from_json(os.read(handle, MAX_RECORD_BYTES + 1).decode())
-    except (OSError, ValueError, TypeError, UnicodeDecodeError, RecursionError):
+        entry = Entry.from_json(os.read(handle, MAX_RECORD_BYTES + 1).decode())
+        if entry.uid is not None and info.st_uid != entry.uid:
+            return None  # written by another user than the one it names: not believed
+        return entry
+    except (OSError, ValueError, TypeError, OverflowError, UnicodeDecodeError, RecursionError):
         return None
     finally:
         os.close(handle)
@@ -332,8 +347,15 @@ def is_alive(entry: Entry, here: Tuple[str, str, str]) -> Optional[bool]:
         if process.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent
             return False
     except psutil.NoSuchProcess:
-        return False
-    except psutil.Error:
+        # /proc mounted with hidepid hides other users' processes: ask the kernel itself
+        try:
+            os.kill(entry.pid, 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, OSError):
+            return None
+        return None
+    except (psutil.Error, ValueError, OverflowError):
         return None
     return abs(started - entry.started) < SAME_START_S
 
@@ -369,7 +391,15 @@ class Readings:
                    tables)
 
 
+def _visible(pid: int) -> bool:
+    """Whether ``pid`` (from NVML, which reports the host's pids) is a process of this
+    namespace; outside a container every pid is."""
+    return os.path.exists(f"/proc/{pid}") if os.path.isdir("/proc") else True
+
+
 def _process_name(pid: int) -> Optional[str]:
+    if not _visible(pid):  # a host pid: a local process of that number is another one
+        return None
     try:
         return psutil.Process(pid).name()
     except (psutil.Error, OSError):
@@ -386,7 +416,14 @@ def share_in_force(entries: List[Entry], mine: str = "") -> str:
     """The fair share (``share:N``) in force: this kernel's, else the one most kernels run."""
     if mine.startswith("share:"):
         return mine
-    shares = [e.policy.split("limit ", 1)[-1] for e in entries if "share:" in e.policy]
+    shares = []
+    for entry in entries:
+        text = entry.policy.split("limit ", 1)[-1]
+        try:
+            if parse_limit(text).share is not None:
+                shares.append(text)
+        except ValueError:  # a record's policy is read as written; a broken one counts none
+            pass
     return max(set(shares), key=shares.count) if shares else ""
 
 
@@ -397,12 +434,15 @@ def view(entries: List[Entry], me: Identity, readings: Readings, folder: str,
     entries' own figures, labelled as such."""
     now = time.time()
     here = (me.host, me.boot, me.pidns)
-    limit = Limit(share=int(share.split(":")[1])) if share else None
+    limit = parse_limit(share) if share else None
     peers, gpus = [], []
     for device in readings.devices:
         table = readings.tables.get(device.index)
         listed = {pid: used for pid, used in table or []}
         nvml_lists = bool(table)
+        # NVML lists host pids this container cannot see: the kernels' own figures (pools)
+        # are then part of those processes' bytes, and must not be counted twice
+        hidden = any(not _visible(pid) for pid in listed)
         share_bytes = limit.bytes_of(device.total_bytes) if limit else None
         accounted = 0
         for entry in entries:
@@ -417,7 +457,7 @@ def view(entries: List[Entry], me: Identity, readings: Readings, folder: str,
             else:
                 holds, source = use.pool if use.pool is not None else use.in_use, \
                     "allocator pool (ledger)"
-            if holds is not None:
+            if holds is not None and not (hidden and source != "NVML"):
                 accounted += holds
             peers.append(_peer(entry, me, now, device.index, use, holds, source, share_bytes,
                                local))

@@ -44,7 +44,8 @@ def test_a_fault_at_the_cells_start_never_stops_its_body(ip, fake_nvml, capsys):
     assert "fault(s) while measuring" in capsys.readouterr().out
 
 
-def test_slow_nvml_costs_the_cell_its_deadlines_not_the_calls(ip, fake_nvml):
+@pytest.mark.parametrize("magic", ["%%gpumem", "%%gpumem --limit 8GiB"])
+def test_slow_nvml_costs_the_cell_its_deadlines_not_the_calls(ip, fake_nvml, magic):
     fake = fake_nvml([gpu(0, used=3 * 2**30)])
     kmem_magic.history(ip)  # NVML starts before the driver turns slow
     from kmem_magic import _nvml
@@ -52,7 +53,7 @@ def test_slow_nvml_costs_the_cell_its_deadlines_not_the_calls(ip, fake_nvml):
     _nvml.devices()
     fake.delay_s = 2.0  # every query takes 2 s; a cell reads a dozen of them
     started = time.perf_counter()
-    result = run(ip, "%%gpumem\nimport time\ntime.sleep(0.5)\n7")
+    result = run(ip, magic + "\nimport time\ntime.sleep(0.5)\n7")
     took = time.perf_counter() - started
     assert result.success and result.result == 7
     assert took < 1.5, f"a 0.5 s cell took {took:.1f} s: kmem waited for NVML"

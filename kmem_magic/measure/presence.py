@@ -1,5 +1,6 @@
 """This kernel's line in the ledger (:mod:`kmem_magic.ledger`): what it holds, written when kmem
-loads, at most every few seconds while a measured cell runs, and at each cell's end.
+loads or its policy changes, at most every few seconds while a measured cell runs, and at each
+cell's end.
 
 >>> import tempfile
 >>> from kmem_magic.ledger import Ledger
@@ -9,16 +10,19 @@ loads, at most every few seconds while a measured cell runs, and at each cell's 
 True
 >>> presence.close()
 
-Every method is guarded: a ledger that cannot be written (a full disk, a folder gone) costs a
-note in :attr:`Presence.fault`, never the cell, and a fault in the thread that samples the cell
-never reaches it.
+The files are written by a short-lived thread (``kmem-ledger``), newest entry last, so that
+neither the cell nor the sampler ever waits for a folder (a slow network share, a full disk): a
+write that fails costs a note in :attr:`Presence.fault`, never the cell. Only ``%gpumem who``
+asks NVML anything; after a cell the figures are the record's, and a policy change writes the
+last figures known.
 """
 
 from __future__ import annotations
 
 import atexit
+import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from .. import _host, _nvml, backends
 from ..ledger import WRITE_EVERY_S, Entry, GpuUse, Identity, Ledger, Readings, \
@@ -26,6 +30,8 @@ from ..ledger import WRITE_EVERY_S, Entry, GpuUse, Identity, Ledger, Readings, \
 from ..record import NVML_SOURCES, CellRecord, Device, Sharing, Timeline
 from ..sizes import Limit
 from .cell import limited
+
+WRITER_NAME = "kmem-ledger"
 
 
 class Presence:
@@ -37,81 +43,117 @@ class Presence:
         self.policy = ""
         self.limit: Optional[Limit] = None
         self.peaks: Dict[str, int] = {}  # the highest allocator in-use seen, per GPU UUID
+        self.pools: Dict[str, int] = {}  # the last pool read, per GPU UUID
+        self.gpus: Tuple[GpuUse, ...] = ()  # the last GPU lines known
         self.last_cell: Optional[float] = None
+        self.entry: Optional[Entry] = None  # the newest entry, written or on its way
         self.fault: Optional[str] = None
         self.closed = False
+        self._lock = threading.Lock()
+        self._pending: Optional[Entry] = None
+        self._writer: Optional[threading.Thread] = None
+        self._submitted_at = 0.0
         atexit.register(self.close)
 
     # ------------------------------------------------------------------ writing
     def update(self, policy: Optional[str] = None, limit: Optional[Limit] = None,
-               record: Optional[CellRecord] = None) -> None:
-        """Write the record now: after ``%load_ext`` or a policy change (``policy`` and its
-        ``limit``), after a cell (``record``: its figures at the end and its peaks), or for
-        ``%gpumem who``. Never raises: what fails is in :attr:`fault`."""
+               record: Optional[CellRecord] = None, fresh: bool = False) -> None:
+        """Write the record: after ``%load_ext`` or a policy change (``policy`` and its
+        ``limit``: the last figures known, no NVML call), after a cell (``record``: its figures
+        at the end and its peaks), or ``fresh`` figures for ``%gpumem who``. Never raises."""
         if policy is not None:
             self.policy, self.limit = policy, limit
         if record is not None:
             self.last_cell = time.time()
         try:
-            gpus = self._gpus_after(record) if record is not None else self._gpus_now()
+            if record is not None:
+                self.gpus = tuple(self._gpus_after(record))
+            elif fresh:
+                self.gpus = tuple(self._gpus_now())
         except Exception as error:  # a counter that fails: the record says what is known
-            self.fault, gpus = f"reading this kernel's figures failed: {error!r}", []
-        self._write(gpus, running=False)
+            self.fault = f"reading this kernel's figures failed: {error!r}"
+        self._submit(self._entry(self.gpus, running=False))
 
     def during(self, timeline: Timeline, devices) -> None:
         """From the sampler's thread while a cell runs: the latest samples, at most every
-        :data:`~kmem_magic.ledger.WRITE_EVERY_S` seconds."""
+        :data:`~kmem_magic.ledger.WRITE_EVERY_S` seconds; never waits for the folder."""
         try:
-            if not self.closed and time.monotonic() - self.ledger.written_at >= WRITE_EVERY_S:
-                self._during(timeline, devices)
+            if not self.closed and time.monotonic() - self._submitted_at >= WRITE_EVERY_S:
+                self._submit(self._entry(self._gpus_during(timeline, devices), running=True))
         except Exception as error:
             self.fault = f"the ledger was not updated during the cell: {error!r}"
 
-    def _during(self, timeline: Timeline, devices) -> None:
-        gpus = []
-        for device in devices:
-            latest = {s.source: next((v for v in reversed(s.values) if v is not None), None)
-                      for s in timeline.series.values() if s.device == device.index}
-            ours = [v for k, v in latest.items() if k not in NVML_SOURCES and v is not None]
-            gpus.append(self._use(device, sum(ours) if ours else None, None,
-                                  latest.get("process")))
-        self._write(tuple(g for g in gpus if g is not None), running=True, every_s=WRITE_EVERY_S)
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait for the writes on their way (at most ``timeout`` s); whether they are done."""
+        writer = self._writer
+        if writer is not None:
+            writer.join(timeout)
+            return not writer.is_alive()
+        return True
 
     def close(self) -> None:
         """Remove this kernel's record; idempotent."""
-        if not self.closed:
-            self.closed = True
-            self.ledger.remove()
-            atexit.unregister(self.close)
+        if self.closed:
+            return
+        self.closed = True
+        atexit.unregister(self.close)
+        self.flush(1.0)
+        self.ledger.remove()
+
+    def _submit(self, entry: Entry) -> None:
+        if self.closed:
+            return
+        with self._lock:
+            self.entry = self._pending = entry
+            self._submitted_at = time.monotonic()
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._drain, name=WRITER_NAME,
+                                                daemon=True)
+                self._writer.start()
+
+    def _drain(self) -> None:
+        """The writer: the newest pending entry, until none is left."""
+        while True:
+            with self._lock:
+                entry, self._pending = self._pending, None
+                if entry is None or self.closed:
+                    self._writer = None
+                    return
+            try:
+                self.ledger.write(entry)
+                if self.fault and self.fault.startswith("the ledger"):
+                    self.fault = None  # the folder works again
+            except Exception as error:
+                self.fault = f"the ledger {self.ledger.folder} cannot be written: " \
+                    f"{getattr(error, 'strerror', None) or error}"
+            if self.closed:  # closed while this write ran: the record goes with the kernel
+                self.ledger.remove()
 
     # ------------------------------------------------------------------ reading
     def who(self, record: Optional[CellRecord] = None) -> Sharing:
         """Every kmem kernel on this machine and who holds each GPU: after the cell ``record``
-        from its figures (it was just written; no new NVML call), else read now."""
+        from its figures (no new NVML call), else read now (``%gpumem who``)."""
         if record is None:
             _nvml.devices()  # asked for: this one waits for NVML to start
-            self.update()
+            self.update(fresh=True)
         readings = Readings.of(record) if record is not None else Readings.now()
         entries, skipped = self.ledger.read()
+        mine = self.entry
+        if mine is not None:  # this kernel's newest figures, whether or not on disk yet
+            entries = [e for e in entries if e.pid != mine.pid or e.started != mine.started]
+            entries.append(mine)
         share = share_in_force(entries, self.policy.split("limit ", 1)[-1])
         return view(entries, self.me, readings, self.ledger.folder, skipped, share)
 
     # ------------------------------------------------------------------ figures
-    def _write(self, gpus, running: bool, every_s: float = 0.0) -> None:
-        if self.closed:
-            return
+    def _entry(self, gpus, running: bool) -> Entry:
         try:
             rss = _host.host_rss()
         except Exception:
             rss = None
-        entry = Entry.of(self.me, backend=backends.keras_backend(), policy=self.policy,
-                         last_cell=self.last_cell, running=running, host_rss=rss,
-                         gpus=tuple(gpus))
-        try:
-            self.ledger.write(entry, every_s)
-        except OSError as error:
-            self.fault = f"the ledger {self.ledger.folder} cannot be written: " \
-                f"{error.strerror or error}"
+        return Entry.of(self.me, backend=backends.keras_backend(), policy=self.policy,
+                        last_cell=self.last_cell, running=running, host_rss=rss,
+                        gpus=tuple(gpus))
 
     def _use(self, device: Device, in_use: Optional[int], pool: Optional[int],
              process: Optional[int]) -> Optional[GpuUse]:
@@ -120,8 +162,20 @@ class Presence:
             return None
         if in_use is not None:
             self.peaks[device.uuid] = max(self.peaks.get(device.uuid, 0), in_use)
-        return GpuUse(device.uuid, device.index, in_use, self.peaks.get(device.uuid), pool,
-                      process, device.limit_bytes)
+        if pool is not None:
+            self.pools[device.uuid] = pool
+        return GpuUse(device.uuid, device.index, in_use, self.peaks.get(device.uuid),
+                      self.pools.get(device.uuid), process, device.limit_bytes)
+
+    def _gpus_during(self, timeline: Timeline, devices):
+        gpus = []
+        for device in devices:
+            latest = {s.source: next((v for v in reversed(s.values) if v is not None), None)
+                      for s in list(timeline.series.values()) if s.device == device.index}
+            ours = [v for k, v in latest.items() if k not in NVML_SOURCES and v is not None]
+            gpus.append(self._use(device, sum(ours) if ours else None, None,
+                                  latest.get("process")))
+        return [g for g in gpus if g is not None]
 
     def _gpus_after(self, record: CellRecord):
         gpus = []
@@ -140,7 +194,7 @@ class Presence:
     def _gpus_now(self):
         started = backends.started()
         if not started or not _nvml.ready():  # %load_ext never waits for NVML to start
-            return []
+            return list(self.gpus)
         devices = limited(_nvml.devices(), self.limit)
         table = {d.index: _nvml.process_used(d)[0] for d in devices}
         in_use: Dict[int, int] = {}
@@ -158,4 +212,4 @@ def _pool(index: int) -> Optional[int]:
     return sum(held) if held else None
 
 
-__all__ = ["Presence"]
+__all__ = ["Presence", "WRITER_NAME"]
