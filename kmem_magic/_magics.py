@@ -248,6 +248,16 @@ class GpuMem(Magics):
             self.ledger_note = f"the ledger could not be read ({failure!r})"
             return None
 
+    def _gather(self):
+        """In process 0 of a multi-process job: every device of the job (never raises)."""
+        if self.presence is None:
+            return None
+        try:
+            return self.presence.gather()
+        except Exception as failure:
+            print(f"kmem_magic: could not gather the job's other processes ({failure!r})")
+            return None
+
     def _who(self) -> str:
         from .show import text
 
@@ -529,6 +539,7 @@ class GpuMem(Magics):
     def _remember_and_show(self, record: CellRecord, extra: List[Suggestion], value, args,
                            panel: Optional[Panel]) -> None:
         record = dataclasses.replace(record, sharing=self._sharing(record))
+        record = dataclasses.replace(record, job=self._gather())
         suggestions, holders = self._suggest(record, value)
         record = dataclasses.replace(record, suggestions=tuple(extra + suggestions),
                                      holders=holders, step_plan=self._step_plan(record))

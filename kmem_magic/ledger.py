@@ -46,7 +46,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import psutil
 
 from . import _nvml
-from .record import CellRecord, Device, GpuShare, Peer, Sharing
+from .record import CellRecord, Device, GpuShare, Job, JobDevice, Peer, Sharing
 from .sizes import MAX_BYTES, SHARE_RESERVE, parse_limit
 
 VERSION = 1
@@ -159,6 +159,17 @@ class GpuUse:
 
 
 @dataclass(frozen=True)
+class DeviceUse:
+    """One local device of a multi-process job's process (any platform)."""
+
+    id: int
+    platform: str
+    kind: str = ""
+    in_use: Optional[int] = None
+    peak: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class Entry(Identity):
     """One kernel's record in the ledger: who (its :class:`Identity`), how and how much."""
 
@@ -169,6 +180,11 @@ class Entry(Identity):
     running: bool = False  # a measured cell is running
     host_rss: Optional[int] = None
     gpus: Tuple[GpuUse, ...] = ()
+    cells: int = 0  # measured cells so far
+    job: str = ""  # the multi-process job it is one process of ("" alone)
+    process: Optional[int] = None
+    processes: Optional[int] = None
+    job_devices: Tuple[DeviceUse, ...] = ()
 
     @classmethod
     def of(cls, me: Identity, **figures: Any) -> "Entry":
@@ -184,13 +200,13 @@ class Entry(Identity):
         data = json.loads(text)
         if not isinstance(data, dict) or data.pop("kmem_ledger", None) != VERSION:
             raise ValueError("not a kmem ledger record")
-        gpus = data.pop("gpus", [])
-        if not isinstance(gpus, list):
+        gpus, devices = data.pop("gpus", []), data.pop("job_devices", [])
+        if not isinstance(gpus, list) or not isinstance(devices, list):
             raise ValueError("gpus")
-        entry = cls(**data, gpus=tuple(GpuUse(**g) for g in gpus))
-        _check_types(entry)
-        for gpu in entry.gpus:
-            _check_types(gpu)
+        entry = cls(**data, gpus=tuple(GpuUse(**g) for g in gpus),
+                    job_devices=tuple(DeviceUse(**d) for d in devices))
+        for item in (entry,) + entry.gpus + entry.job_devices:
+            _check_types(item)
         return entry
 
 
@@ -200,7 +216,7 @@ def _check_types(item: Any) -> None:
     a record is read from a folder others can write to."""
     for f in dataclasses.fields(item):
         value, kind = getattr(item, f.name), str(f.type)
-        if f.name == "gpus":
+        if f.name in ("gpus", "job_devices"):
             continue
         allowed = tuple(t for name, t in (("int", int), ("float", (int, float)), ("str", str),
                                           ("bool", bool)) if name in kind)
@@ -476,6 +492,23 @@ def view(entries: List[Entry], me: Identity, readings: Readings, folder: str,
     return Sharing(folder, tuple(peers), tuple(gpus), skipped, share)
 
 
+def job_view(entries: List[Entry], key: str, processes: int, cells: int) -> Job:
+    """Every device of job ``key`` from its processes' entries that report at least ``cells``
+    measured cells (the newest entry of each process), the processes missing, and the process
+    whose device peaked highest."""
+    latest: Dict[int, Entry] = {}
+    for entry in entries:
+        if entry.job == key and entry.process is not None and entry.cells >= cells:
+            if entry.process not in latest or latest[entry.process].updated < entry.updated:
+                latest[entry.process] = entry
+    devices = tuple(JobDevice(p, d.id, d.platform, d.kind, d.in_use, d.peak)
+                    for p in sorted(latest) for d in latest[p].job_devices)
+    peaked = [d for d in devices if d.peak is not None]
+    highest = max(peaked, key=lambda d: d.peak).process if peaked else None
+    missing = tuple(p for p in range(processes) if p not in latest)
+    return Job(key, processes, devices, missing, highest)
+
+
 def _peer(entry: Entry, me: Identity, now: float, device: Optional[int], use: Optional[GpuUse],
           holds: Optional[int], source: str, share_bytes: Optional[int], local: bool) -> Peer:
     same_user = entry.uid == me.uid and entry.user == me.user
@@ -493,5 +526,6 @@ def _peer(entry: Entry, me: Identity, now: float, device: Optional[int], use: Op
         elsewhere=not local, over_share=over)
 
 
-__all__ = ["Entry", "GpuUse", "Identity", "Ledger", "LedgerError", "Readings", "chosen_folder",
-           "default_folder", "exceeds", "is_alive", "share_in_force", "view"]
+__all__ = ["DeviceUse", "Entry", "GpuUse", "Identity", "Ledger", "LedgerError", "Readings",
+           "chosen_folder", "default_folder", "exceeds", "is_alive", "job_view",
+           "share_in_force", "view"]

@@ -279,6 +279,32 @@ class Sharing:
 
 
 @dataclass(frozen=True)
+class JobDevice:
+    """One device of a multi-process job, as its process reported it (bytes None where the
+    device does not count them, such as a CPU)."""
+
+    process: int
+    id: int
+    platform: str
+    kind: str = ""
+    in_use: Optional[int] = None
+    peak: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Every device of a multi-process job (``jax.distributed``), gathered by process 0 from
+    the other processes' ledger records after the cell: ``missing`` are the processes that had
+    not reported this cell in time, ``highest`` the process whose device peaked highest."""
+
+    key: str
+    processes: int
+    devices: Tuple[JobDevice, ...] = ()
+    missing: Tuple[int, ...] = ()
+    highest: Optional[int] = None
+
+
+@dataclass(frozen=True)
 class CellRecord:
     """Everything ``%%gpumem`` measured for one cell, and the suggestions made from it."""
 
@@ -311,6 +337,8 @@ class CellRecord:
     step_plan: Optional[StepPlan] = None
     # The other kmem kernels on this machine and who holds each GPU (the shared ledger).
     sharing: Optional[Sharing] = None
+    # Every device of the multi-process job this cell ran in (process 0's record only).
+    job: Optional[Job] = None
 
     @property
     def name(self) -> str:
@@ -412,6 +440,11 @@ class CellRecord:
             raw["gpus"] = tuple(GpuShare(**dict(g, others=tuple(tuple(o) for o in g["others"])))
                                 for g in raw.get("gpus", ()))
             data["sharing"] = Sharing(**raw)
+        if data.get("job"):
+            raw = dict(data["job"])
+            raw["devices"] = tuple(JobDevice(**d) for d in raw.get("devices", ()))
+            raw["missing"] = tuple(raw.get("missing", ()))
+            data["job"] = Job(**raw)
         return cls(timeline=timeline, **data)
 
     @classmethod

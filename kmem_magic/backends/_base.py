@@ -19,6 +19,7 @@ allocator counters answer only for a framework the user's code has already start
 ``step_bytes(m, x, y)``    a compiled training step's bytes, where the peak cannot be reset
 ``release_cache()``        give the allocator's cached, unused blocks back to the device
 ``is_oom(exc)``            whether an exception is this framework's out-of-memory error
+``job()``                  the multi-process job this process belongs to, with its devices
 =========================  ==================================================================
 """
 
@@ -159,6 +160,13 @@ class Backend:
         return None
 
     def release_cache(self) -> None:
+        return None
+
+    def job(self) -> Optional[dict]:
+        """The multi-process job this process is one of, once the user's code started it:
+        ``{"key", "process", "processes", "devices": [{"id", "platform", "kind", "in_use",
+        "peak"}]}`` (its local devices; bytes None where the device does not count them);
+        None for a process on its own."""
         return None
 
     def is_oom(self, error: BaseException) -> bool:

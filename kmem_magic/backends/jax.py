@@ -185,6 +185,29 @@ class Jax(Backend):
                           message)
         return amount(*found.groups()) if found else None
 
+    def job(self) -> Optional[dict]:
+        """A ``jax.distributed`` job (Keras' ``keras.distribution.initialize``), read from the
+        distributed client the user's code started; never starts one."""
+        if not self.is_initialized():
+            return None
+        state = getattr(loaded("jax._src.distributed"), "global_state", None)
+        if state is None or getattr(state, "client", None) is None:
+            return None
+        import jax
+
+        count = jax.process_count()
+        if count < 2:
+            return None
+        devices = []
+        for device in jax.local_devices():
+            stats = device.memory_stats() or {}
+            devices.append(dict(id=int(device.id), platform=device.platform,
+                                kind=str(device.device_kind),
+                                in_use=stats.get("bytes_in_use"),
+                                peak=stats.get("peak_bytes_in_use")))
+        return dict(key=f"jax {state.coordinator_address} x{count}",
+                    process=int(jax.process_index()), processes=int(count), devices=devices)
+
     def is_oom(self, error: BaseException) -> bool:
         return self.is_imported() and "RESOURCE_EXHAUSTED" in str(error)[:2000]
 

@@ -25,13 +25,14 @@ import time
 from typing import Dict, Optional, Tuple
 
 from .. import _host, _nvml, backends
-from ..ledger import WRITE_EVERY_S, Entry, GpuUse, Identity, Ledger, Readings, \
-    share_in_force, view
-from ..record import NVML_SOURCES, CellRecord, Device, Sharing, Timeline
+from ..ledger import WRITE_EVERY_S, DeviceUse, Entry, GpuUse, Identity, Ledger, Readings, \
+    job_view, share_in_force, view
+from ..record import NVML_SOURCES, CellRecord, Device, Job, Sharing, Timeline
 from ..sizes import Limit
 from .cell import limited
 
 WRITER_NAME = "kmem-ledger"
+GATHER_S = 5.0  # how long process 0 of a job waits for the others' records of a cell
 
 
 class Presence:
@@ -46,6 +47,8 @@ class Presence:
         self.pools: Dict[str, int] = {}  # the last pool read, per GPU UUID
         self.gpus: Tuple[GpuUse, ...] = ()  # the last GPU lines known
         self.last_cell: Optional[float] = None
+        self.cells = 0
+        self.job: Optional[dict] = None  # the multi-process job, as the backend reports it
         self.entry: Optional[Entry] = None  # the newest entry, written or on its way
         self.fault: Optional[str] = None
         self.closed = False
@@ -65,8 +68,10 @@ class Presence:
             self.policy, self.limit = policy, limit
         if record is not None:
             self.last_cell = time.time()
+            self.cells += 1
         try:
             if record is not None:
+                self.job = _job()
                 self.gpus = tuple(self._gpus_after(record))
             elif fresh:
                 self.gpus = tuple(self._gpus_now())
@@ -129,6 +134,23 @@ class Presence:
             if self.closed:  # closed while this write ran: the record goes with the kernel
                 self.ledger.remove()
 
+    def gather(self, wait_s: float = GATHER_S) -> Optional[Job]:
+        """In process 0 of a multi-process job, after a cell: every device of the job, from
+        the other processes' records of this cell, waiting for them at most ``wait_s`` (None
+        in any other process, or alone)."""
+        job = self.job
+        if job is None or job["process"] != 0:
+            return None
+        deadline = time.monotonic() + wait_s
+        while True:
+            self.flush(max(0.0, deadline - time.monotonic()))
+            entries = [e for e in self.ledger.read()[0] if e.pid != self.me.pid]
+            found = job_view(entries + [self.entry] if self.entry else entries, job["key"],
+                             job["processes"], self.cells)
+            if not found.missing or time.monotonic() >= deadline:
+                return found
+            time.sleep(0.05)
+
     # ------------------------------------------------------------------ reading
     def who(self, record: Optional[CellRecord] = None) -> Sharing:
         """Every kmem kernel on this machine and who holds each GPU: after the cell ``record``
@@ -151,9 +173,12 @@ class Presence:
             rss = _host.host_rss()
         except Exception:
             rss = None
+        job = self.job or {}
         return Entry.of(self.me, backend=backends.keras_backend(), policy=self.policy,
                         last_cell=self.last_cell, running=running, host_rss=rss,
-                        gpus=tuple(gpus))
+                        gpus=tuple(gpus), cells=self.cells, job=job.get("key", ""),
+                        process=job.get("process"), processes=job.get("processes"),
+                        job_devices=tuple(DeviceUse(**d) for d in job.get("devices", ())))
 
     def _use(self, device: Device, in_use: Optional[int], pool: Optional[int],
              process: Optional[int]) -> Optional[GpuUse]:
@@ -203,6 +228,15 @@ class Presence:
                 in_use[index] = in_use.get(index, 0) + (used or 0)
         return [g for g in (self._use(d, in_use.get(d.index), _pool(d.index), table[d.index])
                             for d in devices) if g is not None]
+
+
+def _job() -> Optional[dict]:
+    """The multi-process job of the first started backend that is part of one."""
+    for backend in backends.started():
+        job = backend.job()
+        if job is not None:
+            return job
+    return None
 
 
 def _pool(index: int) -> Optional[int]:

@@ -13,7 +13,8 @@ from typing import List, Sequence
 from ..backends import color, label
 from ..record import HOST, CellRecord, Device, Suggestion
 from ..sizes import format_bytes
-from .text import holders_line, measured_peak, postmortem_lines, saving, title, who_rows
+from .text import holders_line, job_lines, measured_peak, postmortem_lines, saving, title, \
+    who_rows
 
 
 def header(title: str, devices: Sequence[Device]) -> str:
@@ -33,7 +34,8 @@ def static(record: CellRecord, note_gpu: bool = True) -> str:
 
     return (f"<div class='kmem-static'>{header(html.escape(title(record)), record.devices)}"
             f"{svg(record)}{final_stats(record, note_gpu)}{postmortem(record)}"
-            f"{step_bars(record)}{suggestions(record.suggestions)}{who(record)}</div>")
+            f"{job(record)}{step_bars(record)}{suggestions(record.suggestions)}{who(record)}"
+            "</div>")
 
 
 def swatch(source: str) -> str:
@@ -101,6 +103,15 @@ def step_bars(record: CellRecord) -> str:
             f"estimate for model '{html.escape(plan.model)}', batch {plan.batch_size}: predicted "
             f"peak {format_bytes(plan.predicted_bytes)}; measured peak {measured})</small>"
             f"{bars}</div>")
+
+
+def job(record: CellRecord) -> str:
+    """Every device of the cell's multi-process job (empty for a process on its own)."""
+    lines = job_lines(record)
+    if not lines:
+        return ""
+    return (f"<div class='kmem-job'><b>{html.escape(lines[0])}</b>"
+            f"<pre>{html.escape(chr(10).join(line[2:] for line in lines[1:]))}</pre></div>")
 
 
 def who(record: CellRecord) -> str:

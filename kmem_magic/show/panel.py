@@ -153,7 +153,7 @@ class Panel:
             self.widget.meta = {"rows": _rows(self.devices)}
         with self._lock, self.widget.hold_sync():
             self.widget.header_html = html.header(escape(text.title(record)), self.devices)
-            self.widget.facts_html = (html.final_stats(record, note_gpu)
+            self.widget.facts_html = (html.final_stats(record, note_gpu) + html.job(record)
                                       + html.postmortem(record) + html.step_bars(record)
                                       + html.suggestions(record.suggestions)
                                       + html.who(record))

@@ -52,7 +52,7 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
     lines += _figure_lines(record.host)
     if record.holders:
         lines.append(holders_line(record))
-    lines += postmortem_lines(record) + plan_lines(record)
+    lines += job_lines(record) + postmortem_lines(record) + plan_lines(record)
     if record.faults:
         lines.append(f"kmem: {len(record.faults)} fault(s) while measuring (those figures are "
                      f"unknown), the first: {record.faults[0]}")
@@ -60,6 +60,25 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
         lines.append("suggestions")
         lines += [line for s in record.suggestions for line in suggestion_lines(s)]
     return "\n".join(lines)
+
+
+def job_lines(record: CellRecord) -> List[str]:
+    """Every device of the multi-process job the cell ran in (process 0's report), the one
+    that peaked highest marked; empty for a process on its own."""
+    job = record.job
+    if job is None:
+        return []
+    lines = [f"job ({job.key}): {job.processes} processes, {len(job.devices)} devices, "
+             "from each process's ledger record"]
+    for d in job.devices:
+        mark = "  <- peaked highest" if d.process == job.highest and d.peak is not None and \
+            d.peak == max(x.peak for x in job.devices if x.peak is not None) else ""
+        lines.append(f"  process {d.process} device {d.id} ({d.platform} {d.kind}): "
+                     f"in use {format_bytes(d.in_use)}, peak {format_bytes(d.peak)}{mark}")
+    if job.missing:
+        lines.append(f"  not reported in time: process "
+                     f"{', '.join(str(p) for p in job.missing)} (its figures are unknown)")
+    return lines
 
 
 def holders_line(record: CellRecord) -> str:
