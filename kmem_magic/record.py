@@ -42,6 +42,12 @@ class Device:
     total_bytes: int
     limit_bytes: Optional[int] = None
 
+    @property
+    def label(self) -> str:
+        """``GPU 1 · GPU-5f0c2a1e``: its CUDA ordinal and the start of its UUID, which names
+        the physical card whatever ``CUDA_VISIBLE_DEVICES`` reorders."""
+        return f"GPU {self.index} · {self.uuid[:12]}" if self.uuid else f"GPU {self.index}"
+
 
 @dataclass(frozen=True)
 class Peak:

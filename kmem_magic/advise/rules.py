@@ -523,8 +523,48 @@ def _next_step(record: CellRecord, history: Sequence[CellRecord], pm, request: O
         ("# use a smaller batch size", "")
 
 
+def one_device_busy(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
+    """One GPU filled while the others stayed idle: the work ran on one device (Keras trains
+    on the first unless a distribution spreads it; a keras.distribution layout whose rules
+    matched nothing replicates everything there)."""
+    peaks = []
+    for device in record.devices:
+        alloc = _allocator(record, device.index)
+        peaks.append((alloc[1] if alloc else None, device))
+    known = [(peak, device) for peak, device in peaks if peak is not None]
+    if len(record.devices) < 2 or len(known) < len(record.devices):
+        return None
+    busiest, device = max(known, key=lambda item: item[0])
+    room = device.limit_bytes or device.total_bytes
+    idle = [(peak, d) for peak, d in known if d is not device]
+    if busiest < max(GiB, 0.25 * room) or any(peak > 0.1 * busiest for peak, _ in idle):
+        return None
+    quiet = max(peak for peak, _ in idle)
+    others = ", ".join(f"GPU {d.index}" for _, d in idle)
+    code = {
+        "jax": "# spread each batch over every GPU (Keras on jax):\n"
+               "import keras\n"
+               "keras.distribution.set_distribution(keras.distribution.DataParallel())\n"
+               "# with a ModelParallel layout: check that its rules match the variables'\n"
+               "# paths (kmem_magic.sharding(model) lists what stays replicated)",
+        "tensorflow": "# spread each batch over every GPU (Keras on TensorFlow):\n"
+                      "import tensorflow as tf\n"
+                      "with tf.distribute.MirroredStrategy().scope():\n"
+                      "    model = build_and_compile_model()",
+    }.get(record.backend or "", "# Keras on torch trains on one GPU; for several, run one "
+                                "process per GPU (torch.distributed)\n# or use the jax "
+                                "backend's keras.distribution.DataParallel()")
+    return Suggestion(
+        "one-device", f"Only GPU {device.index} worked: {format_bytes(busiest)} there, "
+        f"at most {format_bytes(quiet)} on {others}",
+        f"the allocator peak on {device.label} was {format_bytes(busiest)} "
+        f"({busiest / room:.0%} of its {'limit' if device.limit_bytes else 'memory'}), while "
+        f"{others} peaked at {format_bytes(quiet)} or less: the other devices sat idle.",
+        code, None, "measured")
+
+
 RULES = (out_of_memory, preallocation, other_processes, left_behind, regrowth, climb,
-         mixed_precision, near_limit)
+         mixed_precision, near_limit, one_device_busy)
 
 
 def advise(record: CellRecord, history: Sequence[CellRecord], ctx: Optional[Context] = None

@@ -22,7 +22,7 @@ def header(title: str, devices: Sequence[Device]) -> str:
     parts = [f"<b>{title}</b>"]
     for device in devices:
         extra = f", limit {format_bytes(device.limit_bytes)}" if device.limit_bytes else ""
-        parts.append(f"GPU {device.index}: {html.escape(device.name)} "
+        parts.append(f"{html.escape(device.label)}: {html.escape(device.name)} "
                      f"({format_bytes(device.total_bytes)}{extra})")
     return "<div class='kmem-header'>" + " · ".join(parts) + "</div>"
 

@@ -80,7 +80,7 @@ def _row(device: Optional[int]) -> str:
 
 def _rows(devices: Sequence[Device]) -> list:
     """The panel's rows: one per GPU, then host RSS."""
-    rows = [{"name": _row(d.index), "title": f"GPU {d.index} · {d.name}",
+    rows = [{"name": _row(d.index), "title": f"{d.label} · {d.name}",
              "total": d.total_bytes, "limit": d.limit_bytes} for d in devices]
     return rows + [{"name": HOST, "title": "host RSS", "total": None, "limit": None}]
 

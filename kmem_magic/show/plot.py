@@ -63,7 +63,7 @@ def figure(record: CellRecord, width_in: float = 8.0):
         ax.set_ylim(*(v / unit for v in _fit(_values(record, device.index), [
             device.limit_bytes, device.total_bytes if device.total_bytes <= top else None])))
         ax.set_ylabel(name)
-        ax.set_title(f"GPU {device.index} · {device.name} · {format_bytes(device.total_bytes)} "
+        ax.set_title(f"{device.label} · {device.name} · {format_bytes(device.total_bytes)} "
                      "total", fontsize=9, loc="left")
         ax.legend(fontsize=7, loc="upper left", ncols=2)
     host_ax = axes[-1]

@@ -41,7 +41,7 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
     for device in record.devices:
         limit = f", limit {format_bytes(device.limit_bytes)}" if device.limit_bytes else ""
         total = format_bytes(device.total_bytes)
-        lines.append(f"GPU {device.index} {device.name} ({total}{limit})")
+        lines.append(f"{device.label} {device.name} ({total}{limit})")
         figures = record.figures(device.index)
         lines += _figure_lines(figures)
         if record.process_note and figures.peak.get("process", UNKNOWN).bytes is None:
