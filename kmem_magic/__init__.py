@@ -5,7 +5,8 @@ Keras backend (tensorflow, jax, torch) that has not started yet; ``%%gpumem`` me
 GPU and host memory and shows its peak and what it left behind (``%%gpumem -o rec`` also keeps
 the record, and :func:`history` returns every record of the kernel); ``%gpumem status`` shows
 what is in place. For Keras code: ``MemoryCallback`` (memory per batch), ``estimate`` (a training
-step's peak, before it runs) and ``find_batch_size`` (the largest batch that fits). Importing
+step's peak, before it runs), ``find_batch_size`` (the largest batch that fits) and ``sharding``
+(what each device holds under a keras.distribution layout). Importing
 this package is cheap: no framework, NVML, matplotlib or ipywidgets.
 """
 
@@ -15,7 +16,7 @@ from typing import Any, Dict, Tuple
 
 __version__ = "0.1.0"
 __all__ = ["load_ipython_extension", "unload_ipython_extension", "history", "MemoryCallback",
-           "estimate", "find_batch_size", "__version__"]
+           "estimate", "find_batch_size", "sharding", "__version__"]
 
 _LOADED: Dict[int, Any] = {}
 
@@ -66,7 +67,7 @@ def history(shell: Any = None) -> Tuple[Any, ...]:
 def __getattr__(name: str):
     """``MemoryCallback``, ``estimate`` and ``find_batch_size``, imported (with Keras) only
     when first used."""
-    if name in ("MemoryCallback", "estimate", "find_batch_size"):
+    if name in ("MemoryCallback", "estimate", "find_batch_size", "sharding"):
         from . import plan
 
         return getattr(plan, name)

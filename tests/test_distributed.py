@@ -67,7 +67,7 @@ def test_process_zero_shows_every_device_of_a_two_process_data_parallel_job(tmp_
     results = []
     for worker in workers:
         out, err = worker.communicate(timeout=300)
-        line = next((l for l in out.splitlines() if l.startswith("@@RESULT@@")), None)
+        line = next((t for t in out.splitlines() if t.startswith("@@RESULT@@")), None)
         assert line is not None, f"a worker failed:\n{out[-2000:]}\n{err[-4000:]}"
         results.append(json.loads(line[len("@@RESULT@@"):]))
     zero, one = results

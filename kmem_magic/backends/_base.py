@@ -20,6 +20,7 @@ allocator counters answer only for a framework the user's code has already start
 ``release_cache()``        give the allocator's cached, unused blocks back to the device
 ``is_oom(exc)``            whether an exception is this framework's out-of-memory error
 ``job()``                  the multi-process job this process belongs to, with its devices
+``placement(t)``           a tensor's bytes on each device, its partition spec, its devices
 =========================  ==================================================================
 """
 
@@ -160,6 +161,12 @@ class Backend:
         return None
 
     def release_cache(self) -> None:
+        return None
+
+    def placement(self, value: Any) -> Optional[Tuple[int, str, int]]:
+        """How a tensor is laid out over devices: ``(bytes on each device it is on, its
+        partition spec, how many devices hold a copy or a shard)``; None where this framework
+        does not place tensors over several devices."""
         return None
 
     def job(self) -> Optional[dict]:

@@ -154,6 +154,19 @@ class Jax(Backend):
             return "jax array", int(value.nbytes)
         return None
 
+    def placement(self, value: Any) -> Optional[Tuple[int, str, int]]:
+        jax = loaded("jax")
+        sharding = getattr(value, "sharding", None) if jax is not None else None
+        if sharding is None or not hasattr(sharding, "shard_shape"):
+            return None
+        shard = sharding.shard_shape(tuple(value.shape))
+        count = 1
+        for dim in shard:
+            count *= int(dim)
+        spec = getattr(sharding, "spec", None)
+        return (count * value.dtype.itemsize, str(tuple(spec)) if spec is not None else "",
+                len(sharding.device_set))
+
     def restore_keras_state(self, frames: List[Any]) -> List[str]:
         """Give back to each Keras model its variables' values that Keras' jax trainer took
         out for a step that then failed: ``fit``/``evaluate``/``predict`` purge the variables

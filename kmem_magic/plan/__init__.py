@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .estimator import Estimate, estimate
 from .finder import BatchSize, find_batch_size, fit_line
+from .sharding import ShardingCheck, sharding
 
 
 def __getattr__(name: str):
@@ -18,4 +19,5 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'kmem_magic.plan' has no attribute {name!r}")
 
 
-__all__ = ["BatchSize", "Estimate", "MemoryCallback", "estimate", "find_batch_size", "fit_line"]
+__all__ = ["BatchSize", "Estimate", "MemoryCallback", "ShardingCheck", "estimate",
+           "find_batch_size", "fit_line", "sharding"]
