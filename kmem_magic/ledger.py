@@ -159,17 +159,6 @@ class GpuUse:
 
 
 @dataclass(frozen=True)
-class DeviceUse:
-    """One local device of a multi-process job's process (any platform)."""
-
-    id: int
-    platform: str
-    kind: str = ""
-    in_use: Optional[int] = None
-    peak: Optional[int] = None
-
-
-@dataclass(frozen=True)
 class Entry(Identity):
     """One kernel's record in the ledger: who (its :class:`Identity`), how and how much."""
 
@@ -184,7 +173,7 @@ class Entry(Identity):
     job: str = ""  # the multi-process job it is one process of ("" alone)
     process: Optional[int] = None
     processes: Optional[int] = None
-    job_devices: Tuple[DeviceUse, ...] = ()
+    job_devices: Tuple[JobDevice, ...] = ()  # its local devices (any platform)
 
     @classmethod
     def of(cls, me: Identity, **figures: Any) -> "Entry":
@@ -204,7 +193,7 @@ class Entry(Identity):
         if not isinstance(gpus, list) or not isinstance(devices, list):
             raise ValueError("gpus")
         entry = cls(**data, gpus=tuple(GpuUse(**g) for g in gpus),
-                    job_devices=tuple(DeviceUse(**d) for d in devices))
+                    job_devices=tuple(JobDevice(**d) for d in devices))
         for item in (entry,) + entry.gpus + entry.job_devices:
             _check_types(item)
         return entry
@@ -501,7 +490,7 @@ def job_view(entries: List[Entry], key: str, processes: int, cells: int) -> Job:
         if entry.job == key and entry.process is not None and entry.cells >= cells:
             if entry.process not in latest or latest[entry.process].updated < entry.updated:
                 latest[entry.process] = entry
-    devices = tuple(JobDevice(p, d.id, d.platform, d.kind, d.in_use, d.peak)
+    devices = tuple(dataclasses.replace(d, process=p)
                     for p in sorted(latest) for d in latest[p].job_devices)
     peaked = [d for d in devices if d.peak is not None]
     highest = max(peaked, key=lambda d: d.peak).process if peaked else None
@@ -526,6 +515,6 @@ def _peer(entry: Entry, me: Identity, now: float, device: Optional[int], use: Op
         elsewhere=not local, over_share=over)
 
 
-__all__ = ["DeviceUse", "Entry", "GpuUse", "Identity", "Ledger", "LedgerError", "Readings",
+__all__ = ["Entry", "GpuUse", "Identity", "Ledger", "LedgerError", "Readings",
            "chosen_folder", "default_folder", "exceeds", "is_alive", "job_view",
            "share_in_force", "view"]

@@ -25,9 +25,9 @@ import time
 from typing import Dict, Optional, Tuple
 
 from .. import _host, _nvml, backends
-from ..ledger import WRITE_EVERY_S, DeviceUse, Entry, GpuUse, Identity, Ledger, Readings, \
+from ..ledger import WRITE_EVERY_S, Entry, GpuUse, Identity, Ledger, Readings, \
     job_view, share_in_force, view
-from ..record import NVML_SOURCES, CellRecord, Device, Job, Sharing, Timeline
+from ..record import NVML_SOURCES, CellRecord, Device, Job, JobDevice, Sharing, Timeline
 from ..sizes import Limit
 from .cell import limited
 
@@ -178,7 +178,8 @@ class Presence:
                         last_cell=self.last_cell, running=running, host_rss=rss,
                         gpus=tuple(gpus), cells=self.cells, job=job.get("key", ""),
                         process=job.get("process"), processes=job.get("processes"),
-                        job_devices=tuple(DeviceUse(**d) for d in job.get("devices", ())))
+                        job_devices=tuple(JobDevice(process=job["process"], **d)
+                                          for d in job.get("devices", ())))
 
     def _use(self, device: Device, in_use: Optional[int], pool: Optional[int],
              process: Optional[int]) -> Optional[GpuUse]:
