@@ -103,7 +103,7 @@ def test_a_reused_pid_is_not_taken_for_the_kernel_that_wrote_the_record(book):
 
 def test_corrupt_partial_and_foreign_records_are_skipped_without_a_traceback(book, tmp_path,
                                                                              ip, capsys):
-    good = Entry.of(Identity.here(), notebook="good.ipynb")
+    child, good = other_kernel("good.ipynb")  # another live kernel's record
     folder = book.folder
     fields = json.loads(good.to_json())
     broken = {"partial.json": good.to_json()[:40], "list.json": "[]",
@@ -134,6 +134,8 @@ def test_corrupt_partial_and_foreign_records_are_skipped_without_a_traceback(boo
     capsys.readouterr()
     ip.run_line_magic("gpumem", "who")
     out = capsys.readouterr()
+    child.kill()
+    child.wait()
     assert "good.ipynb" in out.out and f"{skipped} unreadable record(s) skipped" in out.out
     assert "Traceback" not in out.out + out.err
 
