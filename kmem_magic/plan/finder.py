@@ -363,7 +363,9 @@ class _Search:
         if not near or line is None:
             return None
         fixed, slope = line
-        batch = min(min(near) - 1, int((self.room - fixed) / slope), self.ceiling)
+        # below every batch that trained too near the limit or ran out of memory
+        batch = min(min(near) - 1, self.high - 1, int((self.room - fixed) / slope),
+                    self.ceiling)
         if batch <= self.low:
             return None
         return batch, int(fixed + slope * batch)
