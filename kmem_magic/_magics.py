@@ -266,7 +266,11 @@ class GpuMem(Magics):
             sharing = ledger.view([], me, ledger.Readings.now(), "(none)")
             return text.who_table(sharing) + f"\nkmem_magic: {self.ledger_note}: other kmem " \
                 "kernels are not shown"
-        sharing = self.presence.who()
+        try:
+            sharing = self.presence.who()
+        except Exception as failure:  # an asked-for table that fails says so, in one line
+            return f"kmem_magic: the ledger {self.presence.ledger.folder} could not be read " \
+                f"({failure!r})"
         note = f"\nkmem_magic: {self.presence.fault}" if self.presence.fault else ""
         return text.who_table(sharing) + note
 
@@ -307,7 +311,8 @@ class GpuMem(Magics):
         if args.plot and args.command != "history":
             raise UsageError("%gpumem: --plot goes with history: %gpumem history --plot")
         if args.no_ledger and args.command not in (None, "status"):
-            raise UsageError("%gpumem: --no-ledger goes alone: %gpumem --no-ledger")
+            raise UsageError("%gpumem: --no-ledger goes alone (or with status): "
+                             "%gpumem --no-ledger")
         if policy is not None:
             self._apply(policy)
         if args.no_ledger:
