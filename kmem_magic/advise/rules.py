@@ -536,6 +536,8 @@ def one_device_busy(record: CellRecord, history: Sequence[CellRecord], ctx: Cont
         return None
     busiest, device = max(known, key=lambda item: item[0])
     room = device.limit_bytes or device.total_bytes
+    if not room:
+        return None
     idle = [(peak, d) for peak, d in known if d is not device]
     if busiest < max(GiB, 0.25 * room) or any(peak > 0.1 * busiest for peak, _ in idle):
         return None

@@ -49,6 +49,8 @@ class Presence:
         self.last_cell: Optional[float] = None
         self.cells = 0
         self.job: Optional[dict] = None  # the multi-process job, as the backend reports it
+        self._job_seen = False  # another process of the job has written to this ledger
+        self._job_waited = False
         self.entry: Optional[Entry] = None  # the newest entry, written or on its way
         self.fault: Optional[str] = None
         self.closed = False
@@ -144,10 +146,17 @@ class Presence:
         deadline = time.monotonic() + wait_s
         while True:
             self.flush(max(0.0, deadline - time.monotonic()))
-            entries = [e for e in self.ledger.read()[0] if e.pid != self.me.pid]
+            entries = [e for e in self.ledger.read()[0] if e.job == job["key"] and
+                       e.process != job["process"]]
             found = job_view(entries + [self.entry] if self.entry else entries, job["key"],
                              job["processes"], self.cells)
-            if not found.missing or time.monotonic() >= deadline:
+            if entries:
+                self._job_seen = True
+            # a job whose other processes never wrote here (another host's folder, or no
+            # kmem there) is waited for once per kernel, not at every cell
+            if not found.missing or time.monotonic() >= deadline or (
+                    self._job_waited and not self._job_seen):
+                self._job_waited = True
                 return found
             time.sleep(0.05)
 

@@ -74,7 +74,8 @@ def job_lines(record: CellRecord) -> List[str]:
         mark = "  <- peaked highest" if d.process == job.highest and d.peak is not None and \
             d.peak == max(x.peak for x in job.devices if x.peak is not None) else ""
         lines.append(f"  process {d.process} device {d.id} ({d.platform} {d.kind}): "
-                     f"in use {format_bytes(d.in_use)}, peak {format_bytes(d.peak)}{mark}")
+                     f"in use {format_bytes(d.in_use)}, peak since it started "
+                     f"{format_bytes(d.peak)}{mark}")
     if job.missing:
         lines.append(f"  not reported in time: process "
                      f"{', '.join(str(p) for p in job.missing)} (its figures are unknown)")
