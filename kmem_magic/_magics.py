@@ -545,9 +545,10 @@ class GpuMem(Magics):
                            panel: Optional[Panel]) -> None:
         record = dataclasses.replace(record, sharing=self._sharing(record))
         record = dataclasses.replace(record, job=self._gather())
-        suggestions, holders = self._suggest(record, value)
+        suggestions, holders, faults = self._suggest(record, value)
         record = dataclasses.replace(record, suggestions=tuple(extra + suggestions),
-                                     holders=holders, step_plan=self._step_plan(record))
+                                     holders=holders, step_plan=self._step_plan(record),
+                                     faults=record.faults + faults)
         self.history.append(record)
         del self.history[:-self.history_size]  # history_size is at least 1 (validated)
         if args.output:
@@ -590,16 +591,17 @@ class GpuMem(Magics):
             return None
 
     def _suggest(self, record: CellRecord, value: Any) -> tuple:
-        """The suggestions for ``record`` and who holds what it left behind; a failure here
-        must never hide the cell's result."""
+        """The suggestions for ``record``, who holds what it left behind and the rules that
+        failed on it; a failure here must never hide the cell's result."""
         from . import advise
 
         try:
-            suggestions, holders = advise.read(record, self.history, self.shell.user_ns, value)
-            return list(suggestions), holders
+            suggestions, holders, faults = advise.read(record, self.history,
+                                                       self.shell.user_ns, value)
+            return list(suggestions), holders, faults
         except Exception as error:
             print(f"kmem_magic: no suggestions this time ({error!r})")
-            return [], ()
+            return [], (), ()
 
     def _compare(self, code: _cell.Code, args) -> List[Suggestion]:
         """``--compare``: the measured saving of another dtype policy, as a suggestion."""

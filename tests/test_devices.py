@@ -8,7 +8,7 @@ from conftest import gpu
 
 from kmem_magic import _nvml
 from kmem_magic.advise.rules import Context, advise
-from kmem_magic.record import CellRecord, Device, Figures, Peak, Timeline
+from kmem_magic.record import CellRecord, Device, Figures, Job, Peak, Timeline
 from kmem_magic.show import html, text
 from kmem_magic.sizes import GiB, MiB
 
@@ -27,12 +27,12 @@ def test_gpus_follow_cuda_order_and_are_labelled_by_uuid(ip, fake_nvml, monkeypa
     assert "GPU 0 · GPU-00000001: NVIDIA" in html.header("t", record.devices)
 
 
-def cell(peaks, total=80 * GiB, backend="jax"):
+def cell(peaks, total=80 * GiB, backend="jax", others=None, job=None):
     devices = tuple(Device(i, "NVIDIA H200", f"GPU-{i:08d}-x", total) for i in range(len(peaks)))
     gpu_figures = {i: Figures(before={backend: 0}, after={backend: 0},
                               peak={backend: Peak(p, True)}) for i, p in enumerate(peaks)}
     return CellRecord(3, "", 2.0, backend, "growth", 0.1, devices=devices, gpu=gpu_figures,
-                      timeline=Timeline())
+                      timeline=Timeline(), others=others or {}, job=job)
 
 
 def test_one_gpu_filling_while_the_others_sit_idle_is_said_with_the_fix():
@@ -50,3 +50,17 @@ def test_balanced_or_small_work_on_several_gpus_is_not_flagged():
     for peaks in ([30 * GiB, 28 * GiB], [500 * MiB, 0], [30 * GiB, 4 * GiB]):
         assert "one-device" not in [s.rule for s in advise(cell(peaks), [], Context())]
     assert "one-device" not in [s.rule for s in advise(cell([30 * GiB]), [], Context())]
+
+
+def test_gpus_that_other_processes_worked_on_were_not_idle():
+    """One rank per GPU: each process sees every GPU, but its allocator counts only its own;
+    NVML shows the other ranks on theirs (or another user's job fills them)."""
+    ranks = {1: ((5001, "python3", 29 * GiB),), 2: ((5002, "python3", 28 * GiB),)}
+    record = cell([30 * GiB, 100 * MiB, 90 * MiB], others=ranks)
+    assert "one-device" not in [s.rule for s in advise(record, [], Context())]
+    job = Job("host:1234", 3)
+    record = cell([30 * GiB, 100 * MiB, 90 * MiB], job=job)
+    assert "one-device" not in [s.rule for s in advise(record, [], Context())]
+    # a small process elsewhere does not make the idle GPUs busy
+    record = cell([30 * GiB, 100 * MiB, 90 * MiB], others={1: ((5003, "python3", GiB),)})
+    assert "one-device" in [s.rule for s in advise(record, [], Context())]

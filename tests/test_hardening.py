@@ -205,3 +205,23 @@ def test_an_error_re_raised_from_a_worker_thread_keeps_the_callers_frames():
         names = [frame.f_code.co_name for frame in _cell.failed_frames(error.__traceback__)]
     assert "train" in names and "work" in names, names
     assert "_worker" not in names and "_bootstrap" not in names, names
+
+
+def test_a_failing_advice_rule_costs_its_suggestion_only(ip, fake_nvml, monkeypatch, capsys):
+    from kmem_magic.advise import rules
+
+    # another process holds 30 GiB of the GPU: the other-processes rule has a suggestion
+    fake_nvml([gpu(0, used=31 * 2**30, procs=[(4242, 30 * 2**30)])])
+
+    def broken(record, history, ctx):
+        raise ZeroDivisionError("injected")
+
+    monkeypatch.setattr(rules, "RULES", (broken,) + rules.RULES)
+    result = run(ip, "%%gpumem\n6 * 7")
+    assert result.success and result.result == 42
+    record = kmem_magic.history(ip)[-1]
+    assert "other-processes" in [s.rule for s in record.suggestions], "the others still run"
+    assert record.faults == ("rule broken: ZeroDivisionError('injected')",)
+    out = capsys.readouterr().out
+    assert "1 advice rule(s) failed (their suggestions are left out), the first: rule broken" \
+        in out and "while measuring" not in out

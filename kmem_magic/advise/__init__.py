@@ -26,9 +26,11 @@ def suggest(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[s
 
 
 def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str, Any],
-         value: Any = None) -> Tuple[Tuple[Suggestion, ...], Tuple[Holder, ...]]:
-    """The suggestions for ``record`` and, when the cell left at least :data:`MIN_LEFT`
-    behind, who holds it (the namespace is scanned once for both, and only when needed)."""
+         value: Any = None
+         ) -> Tuple[Tuple[Suggestion, ...], Tuple[Holder, ...], Tuple[str, ...]]:
+    """The suggestions for ``record``, who holds what it left behind when that is at least
+    :data:`MIN_LEFT` (the namespace is scanned once for both, and only when needed), and the
+    rules that failed on it (a line each)."""
     shown: Dict[str, Any] = {}
     if value is not None:
         shown[f"Out[{record.execution_count}]"] = value
@@ -44,7 +46,7 @@ def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str,
         if rest >= MiB:  # never hidden: what no object of the user's accounts for
             holders += (Holder("unaccounted", "no object kmem can see: the framework's pool "
                                "and caches, or Keras' global state", rest),)
-    return suggestions, holders
+    return suggestions, holders, tuple(context.faults)
 
 
 __all__ = ["Context", "advise", "read", "scan", "suggest"]

@@ -33,6 +33,8 @@ class Context:
     keras_weights_bytes: int = 0
     keras_optimizer_bytes: int = 0
     keras_state: Optional[Callable[[], Tuple[int, int]]] = field(default=None, repr=False)
+    # the rules that failed on this record, each a line ("rule near_limit: ValueError(...)")
+    faults: List[str] = field(default_factory=list)
     _live: Optional[List[LiveObject]] = field(default=None, repr=False)
 
     @property
@@ -541,6 +543,12 @@ def one_device_busy(record: CellRecord, history: Sequence[CellRecord], ctx: Cont
     idle = [(peak, d) for peak, d in known if d is not device]
     if busiest < max(GiB, 0.25 * room) or any(peak > 0.1 * busiest for peak, _ in idle):
         return None
+    # a device another process worked on was not idle: one rank per GPU of a job (each
+    # process sees every GPU, its allocator only its own), or other users' work
+    if record.job is not None and record.job.processes > 1 or any(
+            sum(used or 0 for _, _, used in record.others.get(d.index) or ()) > 0.1 * busiest
+            for _, d in idle):
+        return None
     quiet = max(peak for peak, _ in idle)
     others = ", ".join(f"GPU {d.index}" for _, d in idle)
     code = {
@@ -572,9 +580,18 @@ RULES = (out_of_memory, preallocation, other_processes, left_behind, regrowth, c
 def advise(record: CellRecord, history: Sequence[CellRecord], ctx: Optional[Context] = None
            ) -> List[Suggestion]:
     """Every rule's suggestion for ``record``, the out-of-memory one first, then the largest
-    saving first. ``history`` holds the earlier records, oldest first."""
+    saving first. ``history`` holds the earlier records, oldest first. A rule that fails is
+    left out and named in ``ctx.faults``."""
     ctx = ctx or Context()
-    found = [s for s in (rule(record, history, ctx) for rule in RULES) if s is not None]
+    found = []
+    for rule in RULES:
+        try:
+            suggestion = rule(record, history, ctx)
+        except Exception as error:  # one rule's fault costs its suggestion, not the others'
+            ctx.faults.append(f"rule {rule.__name__}: {error!r}")
+            continue
+        if suggestion is not None:
+            found.append(suggestion)
     first = [s for s in found if s.rule == "out-of-memory"]
     rest = sorted((s for s in found if s.rule != "out-of-memory"),
                   key=lambda s: -(s.saving_bytes or 0))

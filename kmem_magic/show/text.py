@@ -53,9 +53,14 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
     if record.holders:
         lines.append(holders_line(record))
     lines += job_lines(record) + postmortem_lines(record) + plan_lines(record)
-    if record.faults:
-        lines.append(f"kmem: {len(record.faults)} fault(s) while measuring (those figures are "
-                     f"unknown), the first: {record.faults[0]}")
+    measuring = [f for f in record.faults if not f.startswith("rule ")]
+    if measuring:
+        lines.append(f"kmem: {len(measuring)} fault(s) while measuring (those figures are "
+                     f"unknown), the first: {measuring[0]}")
+    advising = [f for f in record.faults if f.startswith("rule ")]
+    if advising:
+        lines.append(f"kmem: {len(advising)} advice rule(s) failed (their suggestions are "
+                     f"left out), the first: {advising[0]}")
     if record.suggestions:
         lines.append("suggestions")
         lines += [line for s in record.suggestions for line in suggestion_lines(s)]
