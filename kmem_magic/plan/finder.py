@@ -11,8 +11,11 @@ ends. Under a hard limit (the policy's ``--limit``, or the device's free memory)
 trains, leaving beside its peak 7 % of the step's own allocations (torch, TensorFlow; jax:
 nothing) for the allocator's fragmentation, which the fit that follows needs (measured, see
 ``_FRAGMENTATION``), is the proof that its batch trains; under a smaller ``budget`` a probe fits
-when its
-allocated peak leaves the allocator's reserve inside the budget. The answer is always a batch
+when its allocated peak leaves the allocator's reserve inside the budget. On jax under a hard
+limit the step that trained is the whole proof: XLA's plan of a step's buffers is no bound there
+(on the H200 batches trained under a 1.27 GiB pool whose plan said 2.5-3.9 GiB, see
+``docs/benchmarks.md``), so after the first step the search doubles the batch until one runs out
+of memory, then halves the gap. The answer is always a batch
 that a probe trained: never a prediction. A probe that runs out of memory is caught and its
 memory given back; the model's weights, optimizer state and metrics are restored afterwards:
 probing never trains the model.
@@ -57,6 +60,9 @@ class BatchSize:
     hard: bool = False
     estimated_batch: Optional[int] = None
     interpolated: bool = False
+    # jax under a hard limit: what XLA planned for the step when that is above the limit
+    # (the step trained, so its real peak was within it; jax cannot reset its peak to read it)
+    planned_bytes: Optional[int] = None
 
     def __int__(self) -> int:
         return self.batch_size
@@ -72,10 +78,16 @@ class BatchSize:
             f", the estimate said {self.estimated_batch or 'none fits'}"
         peaked = "would peak (the line through the probes; a larger batch trained) at" \
             if self.interpolated else "peaked at"
-        head = (f"batch size {self.batch_size} trains: its step {peaked} "
-                f"{format_bytes(self.peak_bytes)} of the {format_bytes(self.budget_bytes)} "
-                f"{budget}, {format_bytes(self.margin_bytes)} to spare "
-                f"({len(self.probes)} probe steps{guess}")
+        if self.peak_bytes is None:
+            head = (f"batch size {self.batch_size} trains: its step ran within the "
+                    f"{format_bytes(self.budget_bytes)} {budget}, though XLA planned "
+                    f"{format_bytes(self.planned_bytes)} of buffers for it (jax cannot reset "
+                    f"its peak to read the step's own; {len(self.probes)} probe steps{guess}")
+        else:
+            head = (f"batch size {self.batch_size} trains: its step {peaked} "
+                    f"{format_bytes(self.peak_bytes)} of the {format_bytes(self.budget_bytes)} "
+                    f"{budget}, {format_bytes(self.margin_bytes)} to spare "
+                    f"({len(self.probes)} probe steps{guess}")
         head += "; limited by the data)" if self.limited_by == "data" else ")"
         rows = [f"  {p.batch_size:>7}  {format_bytes(p.peak_bytes):>11}  {p.outcome}"
                 for p in self.probes]
@@ -279,10 +291,13 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
                            f"in {format_bytes(budget_bytes)}: {why}")
     peak = below[1] if below is not None else max(
         p.peak_bytes for p in probes if p.batch_size == low and p.peak_bytes is not None)
+    planned = None
+    if peak > budget_bytes:  # jax: XLA's plan, which the step that trained did not need
+        peak, planned = None, peak
     return BatchSize(low, budget_bytes, peak,
                      guess.at(low) if guess is not None else None, probes,
                      "data" if low >= search.ceiling else "memory", capped, hard,
-                     predicted if guess is not None else None, below is not None)
+                     predicted if guess is not None else None, below is not None, planned)
 
 
 class _Search:
@@ -322,6 +337,14 @@ class _Search:
         """The next batch to probe (0: stop), strictly between what fitted and what did not."""
         low, high = self.low, self.high
         line, aim = fit_line(self.fits), self._aim()
+        if self.jax and self.hard and low:
+            # XLA's plan is no bound under the limit (it may say more than a step that ran):
+            # double until a batch runs out of memory (never below where the plan's line
+            # reaches the limit), then halve the gap
+            nxt = int((aim - line[0]) / line[1]) if line else 0
+            nxt = max(nxt, 2 * low) if high > self.ceiling else int((low * high) ** 0.5)
+            nxt = min(nxt, high - 1, self.ceiling)
+            return 0 if nxt <= low * 1.01 else nxt
         if line:
             fixed, slope = line
             nxt = int((aim - fixed) / slope)
@@ -415,9 +438,13 @@ class _Search:
                                       if self.jax else 0)
         if measured.before_bytes is not None:
             self.room = self._room(min(measured.before_bytes, peak))
-        fitted = peak <= (self.room if self.hard else self.target)
+        # jax under a hard limit: the step ran in XLA's pool, which needs no margin (every
+        # batch found so trained in its fit), and XLA's plan may say more than it needed
+        fitted = (self.jax and self.hard) or peak <= (self.room if self.hard else self.target)
         outcome = "fits" if fitted else "trained, too near the limit" if self.hard else \
             "over budget"
+        if fitted and peak > self.budget_bytes:
+            outcome = "fits (trained under the limit; XLA planned more)"
         self.probes.append(Probe(size, peak, outcome))
         self.fits.append((size, peak))
         if fitted:
