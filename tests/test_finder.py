@@ -111,10 +111,10 @@ def test_finds_the_largest_batch_within_the_budget_and_leaves_the_model_as_it_wa
     assert limit_for(found.peak_bytes, "tensorflow") <= 800 * MiB
     assert found.limited_by == "memory" and found.margin_bytes == 800 * MiB - found.peak_bytes
     # the estimate knows nothing of the fake device: still at most three probe steps
-    # each probe is two steps of a real fit at its batch size (fit's pipeline holds more
+    # each probe is three steps of a real fit at its batch size (fit's pipeline holds more
     # than one train_on_batch), and the user's History survives them
     assert len(found.probes) <= 3
-    assert device.steps == [p.batch_size for p in found.probes for _ in range(2)]
+    assert device.steps == [p.batch_size for p in found.probes for _ in range(3)]
     assert model.history.history["loss"], "the fit before the search is still model.history"
     assert same(before, state(model)), "the probe steps trained; the model must not show it"
     assert f"batch size {fits} trains" in str(found) and "to spare" in str(found)
