@@ -15,8 +15,9 @@ when its allocated peak leaves the allocator's reserve inside the budget. On jax
 limit the step that trained is the whole proof: XLA's plan of a step's buffers is no bound there
 (on the H200 batches trained under a 1.27 GiB pool whose plan said 2.5-3.9 GiB, see
 ``docs/benchmarks.md``), so after the first step the search doubles the batch until one runs out
-of memory, then halves the gap. The answer is always a batch
-that a probe trained: never a prediction. A probe that runs out of memory is caught and its
+of memory, then halves the gap. The answer is a batch that a probe
+trained, or (under a hard limit) one below a batch that trained too near the limit, read from
+the line through the two probes around it. A probe that runs out of memory is caught and its
 memory given back; the model's weights, optimizer state and metrics are restored afterwards:
 probing never trains the model.
 """
@@ -387,8 +388,13 @@ class _Search:
         room: the step is proven below a batch that trained, its peak below the margin by two
         measurements (None otherwise)."""
         near = [p.batch_size for p in self.probes if p.outcome.startswith("trained")]
-        line = fit_line(self.fits)
-        if not near or line is None:
+        if not near or not self.low:
+            return None
+        # the line through the two steps around the answer, not through every probe: a
+        # probe far away says less of the step's shape here
+        up = min(near)
+        line = fit_line([(b, p) for b, p in self.fits if b in (self.low, up)])
+        if line is None:
             return None
         fixed, slope = line
         # below every batch that trained too near the limit or ran out of memory
