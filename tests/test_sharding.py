@@ -48,6 +48,10 @@ fixed.fit(np.random.randint(0, 5000, (128, 8)), np.random.randint(0, 4, 128), ba
           verbose=0)
 RESULT["trained"] = True
 keras.distribution.set_distribution(None)
+early = keras.Sequential([keras.Input((8,)), keras.layers.Dense(256), keras.layers.Dense(4)])
+keras.distribution.set_distribution(keras.distribution.DataParallel())
+RESULT["early_text"] = str(kmem_magic.sharding(early))
+keras.distribution.set_distribution(None)
 try:
     kmem_magic.sharding(fixed)
 except ValueError as error:
@@ -68,5 +72,9 @@ def test_a_layout_rule_that_matched_nothing_is_reported_before_fit(fresh):
     assert result["fixed_per_device"] == result["fixed_jax_first_device"]
     assert result["fixed_per_device"] < result["per_device"] - 600_000
     assert "replicated" not in result["fixed_text"]
+    assert "not laid out" not in result["fixed_text"] + result["text"]
     assert result["trained"]
     assert "no keras.distribution is set" in result["alone"]
+    # a model built before the distribution sits on one device, not on the mesh: said so
+    assert "4 of 4 variables (13.02 KiB) are not laid out on the mesh: the model was built " \
+        "before set_distribution" in result["early_text"]

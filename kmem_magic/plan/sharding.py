@@ -31,6 +31,7 @@ class Placed:
     per_device_bytes: int
     spec: str
     replicated: bool
+    on_mesh: bool = True  # False: on fewer devices than the mesh has (built before the layout)
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ class ShardingCheck:
     layout_rules: int = 0
 
     @property
+    def off_mesh(self) -> Tuple[Placed, ...]:
+        """The variables not laid out on the mesh (on fewer of its devices), largest first:
+        the model was built before ``set_distribution``."""
+        return tuple(sorted((v for v in self.variables if not v.on_mesh),
+                            key=lambda v: -v.bytes))
+
+    @property
     def replicated(self) -> Tuple[Placed, ...]:
         """The variables whole on every device, largest first (with a layout map, those no
         rule matched)."""
@@ -61,6 +69,13 @@ class ShardingCheck:
         if self.peak_per_device is not None:
             lines[0] += (f"; a training step at batch {self.batch_size} peaks near "
                          f"{format_bytes(self.peak_per_device)} per device (planning estimate)")
+        off = self.off_mesh
+        if self.devices > 1 and off:
+            lines.append(f"{len(off)} of {len(self.variables)} variables "
+                         f"({format_bytes(sum(v.bytes for v in off))}) are not laid out on the "
+                         "mesh: the model was built before set_distribution; build (and "
+                         "compile) it after, or inside distribution.scope()")
+            lines += [f"  {v.path}  {format_bytes(v.bytes)}" for v in off[:5]]
         big = [v for v in self.replicated if v.bytes >= 0.01 * self.weights_bytes]
         if self.devices > 1 and big:
             why = "no layout rule matched its path" if self.layout_rules else \
@@ -96,7 +111,8 @@ def sharding(model: Any, batch_size: Optional[int] = None) -> ShardingCheck:
         per_device, spec = (size, "") if found is None else found[:2]
         # whole on more than one device: a copy on each
         copies = found is not None and found[2] > 1 and per_device >= size
-        placed.append(Placed(variable.path, size, per_device, spec, copies))
+        on_mesh = found is None or found[2] >= mesh.devices.size
+        placed.append(Placed(variable.path, size, per_device, spec, copies, on_mesh))
     total = sum(v.bytes for v in placed)
     each = sum(v.per_device_bytes for v in placed)
     rules = len(getattr(getattr(distribution, "_layout_map", None), "_layout_map", {}) or {})
