@@ -113,7 +113,11 @@ def test_an_interrupt_in_kmems_finish_keeps_the_result(ip, fake_nvml, capsys):
     assert "An interrupt arrived while kmem was finishing" in out
     assert "cell had already run, and its result is kept" in out
     record = kmem_magic.history(ip)[-1]
-    assert record.error is None and record.gpu[0].after["device"] == 0
+    assert record.error is None
+    # the readings after the cell complete, unless a loaded machine made them miss their
+    # deadline: then they are unknown and said so (seen once in CI beside other test runs)
+    assert record.gpu[0].after.get("device") == 0 or any(
+        "readings after the cell took longer" in f for f in record.faults)
 
 
 def test_nvml_init_raising_a_foreign_error_leaves_load_and_status_working(ip, fake_nvml,
