@@ -40,7 +40,9 @@ class Probe:
 
     batch_size: int
     peak_bytes: Optional[int]
-    outcome: str  # "fits", "over budget", "trained, too near the limit" or "out of memory"
+    # "fits" (on jax, "fits (trained under the limit; XLA planned more)"), "over budget",
+    # "trained, too near the limit" or "out of memory"
+    outcome: str
 
 
 @dataclass
