@@ -29,6 +29,9 @@ from typing import Dict, List, Optional, Tuple
 # The sources that are not a framework's allocator (those are named after their backend).
 NVML_SOURCES = ("device", "process")
 HOST = "host"
+# How a fault of an advice rule starts (``f"{RULE_FAULT}{rule name}: {error!r}"``); every other
+# fault is one of measuring.
+RULE_FAULT = "rule "
 
 
 @dataclass(frozen=True)
@@ -333,7 +336,8 @@ class CellRecord:
     source: str = ""  # the cell's code, to recognise re-runs and patterns
     # Other processes on each GPU at the cell's end: (pid, name or None, bytes or None).
     others: Dict[int, Tuple[tuple, ...]] = field(default_factory=dict)
-    # What went wrong inside kmem while measuring (a failed NVML or counter read, ...).
+    # What went wrong inside kmem, a line each: while measuring (a failed NVML or counter
+    # read, ...), or in advice (those start with RULE_FAULT: "rule near_limit: ValueError()").
     faults: Tuple[str, ...] = ()
     suggestions: Tuple[Suggestion, ...] = ()
     # Who holds what the cell left behind, largest first (when it left something).
@@ -395,6 +399,12 @@ class CellRecord:
             return self.peak(HOST), HOST, None, self.left_behind(HOST)
         _, index, source, peak = best
         return peak, source, index, self.left_behind(source, index)
+
+    def split_faults(self) -> Tuple[List[str], List[str]]:
+        """``(measuring, advising)``: the faults that left figures unknown, and those of
+        advice rules (whose suggestions are left out)."""
+        advising = [f for f in self.faults if f.startswith(RULE_FAULT)]
+        return [f for f in self.faults if not f.startswith(RULE_FAULT)], advising
 
     # ----------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:

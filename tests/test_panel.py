@@ -89,6 +89,19 @@ def test_suggestions_are_shown_escaped(fake_nvml):
     assert "&lt;1 GiB&gt;" in panel.static["text/html"], "and in the static fallback"
 
 
+def test_kmems_own_faults_are_said_in_the_panel_and_its_fallback(fake_nvml):
+    panel, record, _ = measured(fake_nvml, 0.05)
+    faults = ("nvml after: NVMLError('<driver hiccup>')", "rule near_limit: ValueError('x')")
+    panel.finish(dataclasses.replace(record, faults=faults))
+    for page in (panel.widget.facts_html, panel.static["text/html"]):
+        assert "1 fault(s) while measuring (those figures are unknown), the first: nvml " \
+            "after: NVMLError(&#x27;&lt;driver hiccup&gt;&#x27;)" in page, "escaped"
+        assert "1 advice rule(s) failed (their suggestions are left out)" in page
+    panel, record, _ = measured(fake_nvml, 0.05)
+    panel.finish(record)
+    assert "fault" not in panel.widget.facts_html, "a cell without faults says none"
+
+
 def test_the_static_fallback_has_the_curves_figures_and_suggestions(fake_nvml):
     panel, record, _ = measured(fake_nvml, 0.05)
     panel.finish(record)

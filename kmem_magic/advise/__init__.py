@@ -29,8 +29,9 @@ def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str,
          value: Any = None
          ) -> Tuple[Tuple[Suggestion, ...], Tuple[Holder, ...], Tuple[str, ...]]:
     """The suggestions for ``record``, who holds what it left behind when that is at least
-    :data:`MIN_LEFT` (the namespace is scanned once for both, and only when needed), and the
-    rules that failed on it (a line each)."""
+    :data:`MIN_LEFT` (the namespace is scanned once for both, and only when needed), and what
+    failed on it, a line each (a rule: its suggestion is left out; the holders scan: no
+    holders are named). A failure costs only its own part."""
     shown: Dict[str, Any] = {}
     if value is not None:
         shown[f"Out[{record.execution_count}]"] = value
@@ -38,15 +39,26 @@ def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str,
         live_objects=lambda: scan({**shown, **namespace}, getattr(sys, "last_traceback", None)),
         dtype_policy=keras_dtype_policy(), keras_state=lambda: keras_state(namespace))
     suggestions = tuple(advise(record, history, context))
-    left = record.left_in_frameworks()
-    holders: Tuple[Holder, ...] = ()
-    if left is not None and left[0] >= MIN_LEFT:
-        holders = tuple(Holder(h.name, h.kind, h.bytes) for h in context.live if h.bytes)
-        rest = left[0] - sum(h.bytes for h in holders)
-        if rest >= MiB:  # never hidden: what no object of the user's accounts for
-            holders += (Holder("unaccounted", "no object kmem can see: the framework's pool "
-                               "and caches, or Keras' global state", rest),)
+    try:
+        holders = _holders(record, context)
+    except Exception as error:  # the scan's fault costs the holders, not the suggestions
+        holders = ()
+        context.faults.append(f"holders: {error!r}")
     return suggestions, holders, tuple(context.faults)
+
+
+def _holders(record: CellRecord, context: Context) -> Tuple[Holder, ...]:
+    """Who holds what ``record`` left behind, largest first, with what no object accounts
+    for; none when it left less than :data:`MIN_LEFT`."""
+    left = record.left_in_frameworks()
+    if left is None or left[0] < MIN_LEFT:
+        return ()
+    holders = tuple(Holder(h.name, h.kind, h.bytes) for h in context.live if h.bytes)
+    rest = left[0] - sum(h.bytes for h in holders)
+    if rest >= MiB:  # never hidden: what no object of the user's accounts for
+        holders += (Holder("unaccounted", "no object kmem can see: the framework's pool "
+                           "and caches, or Keras' global state", rest),)
+    return holders
 
 
 __all__ = ["Context", "advise", "read", "scan", "suggest"]

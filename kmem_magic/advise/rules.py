@@ -17,7 +17,7 @@ from .. import backends
 from ..plan.breakdown import BATCH_SIZE, literal_batch_sizes
 from ..plan.estimator import peak_under, typical_context
 from ..plan.finder import fit_line
-from ..record import HOST, CellRecord, Suggestion
+from ..record import HOST, RULE_FAULT, CellRecord, Suggestion
 from ..sizes import GiB, MiB, format_bytes
 from .holders import LiveObject
 
@@ -588,7 +588,7 @@ def advise(record: CellRecord, history: Sequence[CellRecord], ctx: Optional[Cont
         try:
             suggestion = rule(record, history, ctx)
         except Exception as error:  # one rule's fault costs its suggestion, not the others'
-            ctx.faults.append(f"rule {rule.__name__}: {error!r}")
+            ctx.faults.append(f"{RULE_FAULT}{rule.__name__}: {error!r}")
             continue
         if suggestion is not None:
             found.append(suggestion)

@@ -13,8 +13,8 @@ from typing import List, Sequence
 from ..backends import color, label
 from ..record import HOST, CellRecord, Device, Suggestion
 from ..sizes import format_bytes
-from .text import holders_line, job_lines, measured_peak, postmortem_lines, saving, title, \
-    who_rows
+from .text import fault_lines, holders_line, job_lines, measured_peak, postmortem_lines, \
+    saving, title, who_rows
 
 
 def header(title: str, devices: Sequence[Device]) -> str:
@@ -68,6 +68,8 @@ def final_stats(record: CellRecord, note_gpu: bool = True) -> str:
     if record.gpu_note and note_gpu:
         note += (f"<br><small>no GPU: {html.escape(record.gpu_note)}; host memory only (said "
                  "once per kernel)</small>")
+    note += "".join(f"<br><small class='kmem-fault'>{html.escape(line)}</small>"
+                    for line in fault_lines(record))
     return (f"<table class='kmem-final'>{''.join(rows)}</table>"
             f"<small>wall time {record.wall_s:.2f} s</small>{note}")
 

@@ -53,18 +53,25 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
     if record.holders:
         lines.append(holders_line(record))
     lines += job_lines(record) + postmortem_lines(record) + plan_lines(record)
-    measuring = [f for f in record.faults if not f.startswith("rule ")]
-    if measuring:
-        lines.append(f"kmem: {len(measuring)} fault(s) while measuring (those figures are "
-                     f"unknown), the first: {measuring[0]}")
-    advising = [f for f in record.faults if f.startswith("rule ")]
-    if advising:
-        lines.append(f"kmem: {len(advising)} advice rule(s) failed (their suggestions are "
-                     f"left out), the first: {advising[0]}")
+    lines += fault_lines(record)
     if record.suggestions:
         lines.append("suggestions")
         lines += [line for s in record.suggestions for line in suggestion_lines(s)]
     return "\n".join(lines)
+
+
+def fault_lines(record: CellRecord) -> List[str]:
+    """What went wrong inside kmem on this cell, a line for the measuring faults and one for
+    the advice rules that failed (none when all went well)."""
+    measuring, advising = record.split_faults()
+    lines = []
+    if measuring:
+        lines.append(f"kmem: {len(measuring)} fault(s) while measuring (those figures are "
+                     f"unknown), the first: {measuring[0]}")
+    if advising:
+        lines.append(f"kmem: {len(advising)} advice rule(s) failed (their suggestions are "
+                     f"left out), the first: {advising[0]}")
+    return lines
 
 
 def job_lines(record: CellRecord) -> List[str]:
