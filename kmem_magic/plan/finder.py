@@ -8,14 +8,14 @@ under the limit, allocator reserve included; a real training step there is the f
 What it measured corrects the estimate (its error scales the prediction; two measured steps
 give a line), and at most two more steps move to where the corrected prediction says the limit
 ends. Under a hard limit (the policy's ``--limit``, or the device's free memory) a probe that
-trains, leaving beside its peak 7 % of the step's own allocations (torch, TensorFlow; jax:
-nothing) for the allocator's fragmentation, which the fit that follows needs (measured, see
-``_FRAGMENTATION``), is the proof that its batch trains; under a smaller ``budget`` a probe fits
-when its allocated peak leaves the allocator's reserve inside the budget. On jax under a hard
-limit the step that trained is the whole proof: XLA's plan of a step's buffers is no bound there
-(on the H200 batches trained under a 1.27 GiB pool whose plan said 2.5-3.9 GiB, see
-``docs/benchmarks.md``), so after the first step the search doubles the batch until one runs out
-of memory, then halves the gap. The answer is a batch that a probe
+trains, leaving beside its peak 7 % of what the step allocates for its batch (torch,
+TensorFlow; jax: nothing) for the allocator's fragmentation, which the fit that follows needs
+(measured, see ``_FRAGMENTATION``), is the proof that its batch trains; under a smaller
+``budget`` a probe fits when its allocated peak leaves the allocator's reserve inside the
+budget. On jax under a hard limit the step that trained is the whole proof: XLA's plan of a
+step's buffers is no bound there (on the H200 batches trained under a 1.27 GiB pool whose plan
+said 2.5-3.9 GiB, see ``docs/benchmarks.md``), so after the first step the search doubles the
+batch until one runs out of memory, then halves the gap. The answer is a batch that a probe
 trained, or (under a hard limit) one below a batch that trained too near the limit, read from
 the line through the two probes around it. A probe that runs out of memory is caught and its
 memory given back; the model's weights, optimizer state and metrics are restored afterwards:
@@ -81,17 +81,20 @@ class BatchSize:
             f", the estimate said {self.estimated_batch or 'none fits'}"
         peaked = "would peak (the line through the probes; a larger batch trained) at" \
             if self.interpolated else "peaked at"
+        count = len(self.probes)
+        how = [f"{count} probe{'s' if count != 1 else ''} of {PROBE_STEPS} fit steps{guess}"]
+        if self.limited_by == "data":
+            how.append("limited by the data")
         if self.peak_bytes is None:
+            how.insert(0, "jax cannot reset its peak to read the step's own")
             head = (f"batch size {self.batch_size} trains: its step ran within the "
                     f"{format_bytes(self.budget_bytes)} {budget}, though XLA planned "
-                    f"{format_bytes(self.planned_bytes)} of buffers for it (jax cannot reset "
-                    f"its peak to read the step's own; {len(self.probes)} probe steps{guess}")
+                    f"{format_bytes(self.planned_bytes)} of buffers for it")
         else:
             head = (f"batch size {self.batch_size} trains: its step {peaked} "
                     f"{format_bytes(self.peak_bytes)} of the {format_bytes(self.budget_bytes)} "
-                    f"{budget}, {format_bytes(self.margin_bytes)} to spare "
-                    f"({len(self.probes)} probe steps{guess}")
-        head += "; limited by the data)" if self.limited_by == "data" else ")"
+                    f"{budget}, {format_bytes(self.margin_bytes)} to spare")
+        head += f" ({'; '.join(how)})"
         rows = [f"  {p.batch_size:>7}  {format_bytes(p.peak_bytes):>11}  {p.outcome}"
                 for p in self.probes]
         return "\n".join([head] + rows)
@@ -212,9 +215,12 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 # step: on the H200 batches whose two probe steps trained with 5.5-6.1 % of the step's own
 # allocations (its peak less what was in use before it) left below the limit then ran out in
 # the fit that followed (the zoo's cnn, lstm and two_inputs, the GPU test's convnet), one with
-# 6.7 % trained (gru). Weights allocated once do not fragment: a 6 % margin on the whole limit
-# refused batch 1 of models whose weights fill it (an MLP, an embedding table). So a probe fits
-# only when its peak plus _FRAGMENTATION of the step's own allocations is within the limit.
+# 6.7 % trained (gru). What a step allocates whatever its batch (gradients, the optimizer's
+# temporaries) comes back in the same sizes every step, which the allocator's cached blocks
+# fit again: the zoo's MLP trains at batch 2048 with 0.7 % of its limit to spare, while a
+# margin on all it allocates refused its batch 1 (Adam's temporaries are 4x its weights). So a
+# probe fits only when its peak plus _FRAGMENTATION of what the step allocates for its batch
+# (the peak less the step's value at batch 0, see _Search._fixed) is within the limit.
 # jax's pool needs none: every found batch trained in its fit. TensorFlow's figure is torch's,
 # not measured on a GPU. (docs/benchmarks.md, "Which limit, which batch trains".)
 _FRAGMENTATION = {"torch": 0.07, "tensorflow": 0.07, "jax": 0.0}
@@ -293,8 +299,8 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
                     "allocator's reserve that kmem_magic.estimate plans for)")
         elif why.startswith("trained"):
             why += (f" (its peak {format_bytes(probes[-1].peak_bytes)} leaves the allocator "
-                    f"less than {_FRAGMENTATION.get(backend, 0.07):.0%} of the step's own "
-                    "allocations, which a fit after it needs)")
+                    f"less than {_FRAGMENTATION.get(backend, 0.07):.0%} of what the step "
+                    "allocates for its batch, which a fit after it needs)")
         raise RuntimeError(f"even a batch of {min(b.batch_size for b in probes)} does not fit "
                            f"in {format_bytes(budget_bytes)}: {why}")
     peak = below[1] if below is not None else max(
@@ -328,10 +334,12 @@ class _Search:
         self.probes: List[Probe] = []
         self.fits: List[Tuple[int, int]] = []
         self.low, self.high = 0, ceiling + 1
+        self.guess: Any = None  # the estimate, once run() has it
 
     def run(self, predicted: int, max_probes: int, guess: Any = None) -> None:
         """Probe where the estimate says, then where the measured steps say, until the
         answer is within 1 % or ``max_probes`` steps ran; then, if nothing fitted, halve."""
+        self.guess = guess
         size = max(1, min(predicted, self.ceiling))
         while size:
             self.probe(size)
@@ -347,10 +355,10 @@ class _Search:
         line, aim = fit_line(self.fits), self._aim()
         if self.jax and self.hard and low:
             # XLA's plan is no bound under the limit (it may say more than a step that ran):
-            # double until a batch runs out of memory (never below where the plan's line
-            # reaches the limit), then halve the gap
+            # double until a batch runs out of memory, then halve the gap; never below where
+            # the plan's line reaches the limit (the plan says more than the step needs)
             nxt = int((aim - line[0]) / line[1]) if line else 0
-            nxt = max(nxt, 2 * low) if high > self.ceiling else int((low * high) ** 0.5)
+            nxt = max(nxt, 2 * low if high > self.ceiling else int((low * high) ** 0.5))
             nxt = min(nxt, high - 1, self.ceiling)
             return 0 if nxt <= low * 1.01 else nxt
         if line:
@@ -379,10 +387,27 @@ class _Search:
             return 0
         return nxt
 
-    def _room(self, before: int) -> int:
-        """The highest peak that leaves the fragmentation margin of a step that starts with
-        ``before`` bytes in use: peak + f (peak - before) <= limit."""
-        return int((self.budget_bytes + self.fragmentation * before) / (1 + self.fragmentation))
+    def _room(self, fixed: int) -> int:
+        """The highest peak that leaves the fragmentation margin of a step whose value at
+        batch 0 is ``fixed``: peak + f (peak - fixed) <= limit."""
+        return int((self.budget_bytes + self.fragmentation * fixed) / (1 + self.fragmentation))
+
+    def _fixed(self, before: int, size: int, peak: int) -> int:
+        """A step's peak at batch 0: what was in use before it and what it allocates whatever
+        its batch (gradients, the optimizer's temporaries). Read from the line through the
+        measured steps (this one at ``size`` included), else from the estimate's share of it
+        at ``size``, else ``before`` (every allocation of the step then counts as its batch's);
+        never below ``before`` nor above ``peak``."""
+        line = fit_line(self.fits + [(size, peak)])
+        if line is not None:
+            fixed = line[0]
+        elif self.guess is not None:
+            # the estimate's line through batch 1 and 2, scaled by its error at this size
+            at_zero = max(0, 2 * self.guess.at(1) - self.guess.at(2))
+            fixed = peak * at_zero / max(self.guess.at(size), 1)
+        else:
+            fixed = before
+        return int(min(max(fixed, before), peak))
 
     def below_trained(self) -> Optional[Tuple[int, int]]:
         """``(batch, peak)`` above the largest batch that fitted, when a larger one trained too
@@ -452,7 +477,7 @@ class _Search:
         peak = measured.peak_bytes + (_nbytes(self.keras, (batch_x, batch_y)) // PROBE_STEPS
                                       if self.jax else 0)
         if measured.before_bytes is not None:
-            self.room = self._room(min(measured.before_bytes, peak))
+            self.room = self._room(self._fixed(min(measured.before_bytes, peak), size, peak))
         # jax under a hard limit: the step ran in XLA's pool, which needs no margin (every
         # batch found so trained in its fit), and XLA's plan may say more than it needed
         fitted = (self.jax and self.hard) or peak <= (self.room if self.hard else self.target)
@@ -466,6 +491,21 @@ class _Search:
             self.low = max(self.low, size)
         else:
             self.high = min(self.high, size)
+        self._recheck()
+
+    def _recheck(self) -> None:
+        """Hold the earlier probes to the room the latest measurements leave: a step judged
+        with the estimate's share of its batch (one measured step) is too near the limit when
+        the line through two says more of it grows with the batch."""
+        if not self.hard or self.jax:
+            return
+        for i, probe in enumerate(self.probes):
+            if probe.outcome == "fits" and probe.peak_bytes > self.room:
+                self.probes[i] = Probe(probe.batch_size, probe.peak_bytes,
+                                       "trained, too near the limit")
+                self.high = min(self.high, probe.batch_size)
+        self.low = max((p.batch_size for p in self.probes if p.outcome.startswith("fits")),
+                       default=0)
 
 
 def _nbytes(keras: Any, data: Any) -> int:
