@@ -272,34 +272,31 @@ def test_under_a_hard_limit_a_weight_heavy_model_is_not_left_at_batch_one(
 
 
 def test_a_step_judged_on_the_estimates_share_is_held_to_what_two_steps_measure(
-        fake_nvml, monkeypatch, device, data):
-    # A model of large weights: the estimate says two thirds of its first probe's step is
+        monkeypatch, device, data):
+    # A model of large weights: the estimate says two thirds of a step at the first batch is
     # what any batch allocates (no fragmentation margin), but on this device all of it grows
-    # with the batch. The first probe trains within the limit yet inside the margin the line
-    # through two measured steps asks for: it must not be the answer.
-    from conftest import gpu
-
-    from kmem_magic.plan.finder import _FRAGMENTATION
+    # with the batch. That step trains within the limit yet inside the margin that the line
+    # through it and a step a quarter its size asks for: it is too near the limit, not a fit.
+    from kmem_magic.plan.finder import _FRAGMENTATION, _Search, _snapshot
 
     net = keras.Sequential([keras.Input((32,)), Allocates(device), keras.layers.Dense(1024),
                             keras.layers.Dense(1024), keras.layers.Dense(4)])
     net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 run_eagerly=True)
+    net.optimizer.build(net.trainable_variables)
     guess = kmem_magic.estimate(net, 1)
     at_zero = 2 * guess.at(1) - guess.at(2)
     limit = 3 * at_zero
     first = guess.largest_batch(limit, 2000)
-    assert at_zero / guess.at(first) > 0.5, "the estimate's share the first probe is judged on"
+    assert at_zero / guess.at(first) > 0.5, "the estimate's share the first step is judged on"
     f = _FRAGMENTATION["tensorflow"]
     per_sample = limit / (1 + f / 2) / first  # the first step: within the limit, not the margin
     x, y = data
-    fake_nvml([gpu(0, total=1024 * MiB, used=1024 * MiB - limit)])
     fake(device, monkeypatch, fixed=0, per_sample=per_sample, capacity=limit)
-    found = kmem_magic.find_batch_size(net, x, y)
-    assert found.hard and found.probes[0].batch_size == first
-    assert found.probes[0].outcome == "trained, too near the limit", str(found)
-    assert found.batch_size * per_sample * (1 + f) <= limit, "the answer leaves the margin"
-    assert found.batch_size >= 0.7 * limit / (1 + f) / per_sample and len(found.probes) <= 3
-    history = net.fit(x[:3 * found.batch_size], y[:3 * found.batch_size],
-                      batch_size=found.batch_size, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    search = _Search(keras, net, x, y, limit, 2000, peak_under(limit, "tensorflow"), True,
+                     _snapshot(net), guess)
+    search.probe(first)
+    assert [p.outcome for p in search.probes] == ["fits"], "judged on the estimate's share"
+    search.probe(first // 4)
+    assert [p.outcome for p in search.probes] == ["trained, too near the limit", "fits"]
+    assert (search.low, search.high) == (first // 4, first)

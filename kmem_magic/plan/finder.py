@@ -282,9 +282,9 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
         model.optimizer.build(model.trainable_variables)
     saved = _snapshot(model)
     search = _Search(keras, model, x, y, budget_bytes, ceiling,
-                     peak_under(budget_bytes, backend), hard, saved)
+                     peak_under(budget_bytes, backend), hard, saved, guess)
     try:
-        search.run(max(1, predicted), max_probes, guess)
+        search.run(max(1, predicted), max_probes)
     finally:
         _restore(saved)
         model.reset_metrics()
@@ -316,11 +316,12 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
 
 class _Search:
     """The probes of one search: the largest batch a probe trained (``low``), the smallest
-    that did not fit (``high``), and the allocated peak that fits (``target``)."""
+    that did not fit (``high``), and the allocated peak that fits (``target``); ``guess`` is
+    the estimate (None for a model it cannot read)."""
 
     def __init__(self, keras: Any, model: Any, x: Any, y: Any, budget_bytes: int,
                  ceiling: int, target: int, hard: bool,
-                 saved: Optional[List[Tuple[Any, Any]]] = None) -> None:
+                 saved: Optional[List[Tuple[Any, Any]]] = None, guess: Any = None) -> None:
         self.keras, self.model, self.x, self.y = keras, model, x, y
         self.saved = saved or []
         self.count = len(keras.tree.flatten(x)[0])
@@ -334,22 +335,21 @@ class _Search:
         self.probes: List[Probe] = []
         self.fits: List[Tuple[int, int]] = []
         self.low, self.high = 0, ceiling + 1
-        self.guess: Any = None  # the estimate, once run() has it
+        self.guess = guess
 
-    def run(self, predicted: int, max_probes: int, guess: Any = None) -> None:
+    def run(self, predicted: int, max_probes: int) -> None:
         """Probe where the estimate says, then where the measured steps say, until the
         answer is within 1 % or ``max_probes`` steps ran; then, if nothing fitted, halve."""
-        self.guess = guess
         size = max(1, min(predicted, self.ceiling))
         while size:
             self.probe(size)
             if len(self.probes) >= max_probes:
                 break
-            size = self._next(guess)
+            size = self._next()
         while self.low == 0 and self.high > 1:
             self.probe(max(1, self.high // 2))
 
-    def _next(self, guess: Any) -> int:
+    def _next(self) -> int:
         """The next batch to probe (0: stop), strictly between what fitted and what did not."""
         low, high = self.low, self.high
         line, aim = fit_line(self.fits), self._aim()
@@ -364,11 +364,12 @@ class _Search:
         if line:
             fixed, slope = line
             nxt = int((aim - fixed) / slope)
-        elif self.fits and guess is not None:
+        elif self.fits and self.guess is not None:
             # one measured step: the estimate's shape scaled by its error there, or, where
             # the error is in the fixed part (large weights, a fixed part the estimate put
             # above the limit), the estimate's slope from the measured peak: the farther
             batch, peak = self.fits[-1]
+            guess = self.guess
             scale = peak / max(guess.at(batch), 1)
             nxt = largest_where(lambda b: scale * guess.at(b) <= aim, self.ceiling)
             slope = (guess.at(2 * batch) - guess.at(batch)) / batch
@@ -395,11 +396,14 @@ class _Search:
     def _fixed(self, before: int, size: int, peak: int) -> int:
         """A step's peak at batch 0: what was in use before it and what it allocates whatever
         its batch (gradients, the optimizer's temporaries). Read from the line through the
-        measured steps (this one at ``size`` included), else from the estimate's share of it
-        at ``size``, else ``before`` (every allocation of the step then counts as its batch's);
-        never below ``before`` nor above ``peak``."""
-        line = fit_line(self.fits + [(size, peak)])
-        if line is not None:
+        measured steps (this one at ``size`` included) when they are at least 2x apart, else
+        from the estimate's share of the step at ``size``, else ``before`` (every allocation
+        of the step then counts as its batch's); never below ``before`` nor above ``peak``."""
+        points = self.fits + [(size, peak)]
+        line = fit_line(points)
+        # steps close together say little of batch 0: on the H200 three convnet probes at
+        # 283-301 put it 160 MiB above what was in use, and 301 then ran out in the fit
+        if line is not None and max(b for b, _ in points) >= 2 * min(b for b, _ in points):
             fixed = line[0]
         elif self.guess is not None:
             # the estimate's line through batch 1 and 2, scaled by its error at this size
