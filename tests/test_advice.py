@@ -120,6 +120,28 @@ def test_near_limit_computes_the_batch_size_that_fits_from_two_measured_sizes():
     assert "12.00 MiB per sample" in s.evidence and "93 % of the limit" in s.title
 
 
+def test_near_limit_under_a_hard_limit_offers_a_batch_that_trained_only_with_the_margin():
+    # find_batch_size's rule: a torch batch that trained leaving less than 7 % of what its
+    # step allocates for its batch ran out in the fit after (the H200's convnet at 301)
+    from kmem_magic.plan.finder import room_under
+
+    fit = "history = model.fit(x, y, batch_size={}, epochs=1)"
+    limit = 3400 * MiB  # batch 256 (3328 MiB, 3072 MiB of it for its batch) trained in it
+    assert 3328 * MiB > room_under(limit, 256 * MiB, "torch")
+    history = [record(peak={"torch": 1024 * MiB}, source=fit.format(64), limit=limit),
+               record(peak={"torch": 1792 * MiB}, source=fit.format(128), limit=limit)]
+    cell = record(peak={"torch": 3328 * MiB}, source=fit.format(256), limit=limit)
+    [s] = advise(cell, history, Context())
+    fits = int((peak_under(limit, "torch") - 256 * MiB) / (12 * MiB))
+    assert s.rule == "near-limit" and fits < 256
+    assert f"batch_size={fits}   # trains under the 3.32 GiB limit" in s.code
+    # the same runs on jax, whose pool needs no margin: the batch that trained is the proof
+    jax_runs = [record(peak={"jax": r.figures(0).peak["torch"].bytes}, source=r.source,
+                       limit=limit) for r in history + [cell]]
+    [j] = advise(jax_runs[-1], jax_runs[:-1], Context())
+    assert "batch_size=256   # the largest that trained under the 3.32 GiB limit" in j.code
+
+
 def test_out_of_memory_gets_one_coherent_suggestion_not_a_near_limit_one_too():
     # A 3 GiB request under a 2 GiB limit: the allocator's peak is what succeeded before it
     # (768 B); "the peak reached 0 % of the limit" beside "out of memory" contradicted it.

@@ -231,6 +231,36 @@ def test_find_batch_size_stays_under_a_hard_limit_and_the_kernel_trains_after(fr
     assert result["fit_ok"], "the kernel trains at the size found, no restart"
 
 
+def test_the_near_limit_batch_size_trains_under_the_limit_it_names(fresh):
+    """Two fits of the convnet under a 2 GiB limit, the second near it (torch: 92 % at batch
+    296, which find_batch_size proves): the batch size the near-limit suggestion names then
+    trains in a whole fit under the same limit, in the same kernel."""
+    fit = "%%gpumem\nmodel.fit(x, y, batch_size={}, epochs=1, verbose=0)"
+    result = fresh(script(
+        'ip.run_line_magic("load_ext", "kmem_magic")',
+        'ip.run_line_magic("gpumem", "--limit 2GiB")',
+        f"cell({CONVNET!r})",
+        f"cell({fit.format(128)!r})",
+        f"cell({fit.format(296)!r})",
+        'RESULT["advice"] = advice()',
+        'RESULT["peak"] = last().peak(BACKEND_NAME, 0).bytes',
+        'near = [s for s in RESULT["advice"] if s["rule"] == "near-limit"]',
+        'import re',
+        'named = int(re.search(r"batch_size=(\\d+)", near[0]["code"]).group(1)) if near else 0',
+        'RESULT["named"] = named',
+        f'r = cell({fit!r}.format(named)) if named else None',
+        'RESULT["named_ok"] = bool(r and r.success and last().error_kind is None)',
+        'RESULT["named_peak"] = last().peak(BACKEND_NAME, 0).bytes if named else None',
+    ), env={"KERAS_BACKEND": BACKEND})
+    near = [s for s in result["advice"] if s["rule"] == "near-limit"]
+    print(result["peak"], [s["code"] for s in near], result["named"], result["named_peak"])
+    if BACKEND == "torch":
+        assert near, f"batch 296 peaked at {result['peak']} of 2 GiB: the rule fires at 90 %"
+    if near:
+        assert result["named"] > 0 and result["named_ok"], \
+            f"batch {result['named']}, named by the near-limit advice, trains under 2 GiB"
+
+
 def test_memory_callback_reads_the_gpu_allocator_at_every_batch(fresh):
     result = fresh(script(
         'ip.run_line_magic("load_ext", "kmem_magic")',

@@ -16,7 +16,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 from .. import backends
 from ..plan.breakdown import BATCH_SIZE, literal_batch_sizes
 from ..plan.estimator import peak_under, typical_context
-from ..plan.finder import fit_line
+from ..plan.finder import fit_line, room_under
 from ..record import HOST, RULE_FAULT, CellRecord, Suggestion
 from ..sizes import GiB, MiB, format_bytes
 from .holders import LiveObject
@@ -428,11 +428,19 @@ def _measured_fit(record, history, device: int, ceiling: int) -> Optional[Tuple[
     sizes = ", ".join(str(b) for b in sorted(points))
     what = f"the {format_bytes(ceiling)} limit" if limited else \
         f"the {format_bytes(ceiling)} device, beside the CUDA context"
-    if limited and max(points) >= fits:
-        # under a hard limit a batch that trained is the proof, whatever the model plans
-        return (f"batch_size={max(points)}   # the largest that trained under {what}",
+    # under a hard limit a batch that trained is the proof, whatever the model plans, when it
+    # left the allocator's fragmentation margin (find_batch_size's rule: a torch batch that
+    # trained with less ran out in the fit after). Batch 0 is read from runs 2x apart only.
+    before = record.figures(device).before.get(backend) or 0
+    at_zero = fixed if max(points) >= 2 * min(points) else before
+    room_proven = room_under(ceiling, int(max(before, min(at_zero, min(points.values())))),
+                             backend)
+    proven = [b for b, peak in points.items() if peak <= room_proven]
+    if limited and proven and max(proven) >= fits:
+        return (f"batch_size={max(proven)}   # the largest that trained under {what}",
                 f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; the "
-                "allocator's planned reserve would leave less, but this batch trained.")
+                "allocator's planned reserve would leave less, but this batch trained with "
+                "the allocator's margin to spare.")
     return (f"batch_size={max(1, fits)}   # trains under {what}",
             f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; "
             f"the fixed part is {format_bytes(fixed)}; the allocator's reserve beyond the "

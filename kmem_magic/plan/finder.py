@@ -225,6 +225,16 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 # not measured on a GPU. (docs/benchmarks.md, "Which limit, which batch trains".)
 _FRAGMENTATION = {"torch": 0.07, "tensorflow": 0.07, "jax": 0.0}
 
+def room_under(limit_bytes: int, fixed_bytes: int, backend: str) -> int:
+    """The highest allocated peak of a step that proves, by training under a hard limit of
+    ``limit_bytes``, that a fit at its batch trains too: its peak plus the allocator's
+    fragmentation margin (:data:`_FRAGMENTATION` of what it allocates for its batch, its peak
+    less ``fixed_bytes``, its value at batch 0) within the limit. The finder and the advice
+    share it."""
+    share = _FRAGMENTATION.get(backend, 0.07)
+    return int((limit_bytes + share * fixed_bytes) / (1 + share))
+
+
 # A probe runs as many steps as the truth it is measured against (docs/benchmarks.md: "trains"
 # is three steps of a fit): with two, a torch transformer's probe at batch 129 trained with 12 %
 # of its allocations to spare and the fit after it ran out of memory at its third step.
@@ -329,7 +339,7 @@ class _Search:
         self.target, self.hard = target, hard
         # what a probe's peak may reach under a hard limit (see _FRAGMENTATION): set from
         # what was in use before the first measured step
-        self.fragmentation = _FRAGMENTATION.get(keras.config.backend(), 0.07)
+        self.backend = keras.config.backend()
         self.room = self._room(0)
         self.jax = keras.config.backend() == "jax"
         self.probes: List[Probe] = []
@@ -390,8 +400,8 @@ class _Search:
 
     def _room(self, fixed: int) -> int:
         """The highest peak that leaves the fragmentation margin of a step whose value at
-        batch 0 is ``fixed``: peak + f (peak - fixed) <= limit."""
-        return int((self.budget_bytes + self.fragmentation * fixed) / (1 + self.fragmentation))
+        batch 0 is ``fixed`` (:func:`room_under`)."""
+        return room_under(self.budget_bytes, fixed, self.backend)
 
     def _fixed(self, before: int, size: int, peak: int) -> int:
         """A step's peak at batch 0: what was in use before it and what it allocates whatever
