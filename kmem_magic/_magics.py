@@ -591,8 +591,8 @@ class GpuMem(Magics):
             return None
 
     def _suggest(self, record: CellRecord, value: Any) -> tuple:
-        """The suggestions for ``record``, who holds what it left behind and the rules that
-        failed on it; a failure here must never hide the cell's result."""
+        """The suggestions for ``record``, who holds what it left behind and what failed in
+        advice (rules, the holders scan); a failure here must never hide the cell's result."""
         from . import advise
 
         try:

@@ -29,9 +29,10 @@ from typing import Dict, List, Optional, Tuple
 # The sources that are not a framework's allocator (those are named after their backend).
 NVML_SOURCES = ("device", "process")
 HOST = "host"
-# How a fault of an advice rule starts (``f"{RULE_FAULT}{rule name}: {error!r}"``); every other
-# fault is one of measuring.
+# How a fault of an advice rule starts (``f"{RULE_FAULT}{rule name}: {error!r}"``), and one of
+# the holders scan; every other fault is one of measuring.
 RULE_FAULT = "rule "
+HOLDERS_FAULT = "holders: "
 
 
 @dataclass(frozen=True)
@@ -400,11 +401,13 @@ class CellRecord:
         _, index, source, peak = best
         return peak, source, index, self.left_behind(source, index)
 
-    def split_faults(self) -> Tuple[List[str], List[str]]:
-        """``(measuring, advising)``: the faults that left figures unknown, and those of
-        advice rules (whose suggestions are left out)."""
-        advising = [f for f in self.faults if f.startswith(RULE_FAULT)]
-        return [f for f in self.faults if not f.startswith(RULE_FAULT)], advising
+    def split_faults(self) -> Tuple[List[str], List[str], List[str]]:
+        """``(measuring, rules, holders)``: the faults that left figures unknown, those of
+        advice rules (whose suggestions are left out) and of the holders scan (no holders
+        are named)."""
+        rules = [f for f in self.faults if f.startswith(RULE_FAULT)]
+        holders = [f for f in self.faults if f.startswith(HOLDERS_FAULT)]
+        return [f for f in self.faults if f not in rules and f not in holders], rules, holders
 
     # ----------------------------------------------------------------------------- JSON
     def to_dict(self) -> dict:

@@ -46,6 +46,20 @@ def rules(suggestions):
     return [s.rule for s in suggestions]
 
 
+def test_a_namespace_scan_that_fails_is_walked_once_however_many_rules_ask():
+    walks = []
+
+    def scan():
+        walks.append(1)
+        raise RecursionError("deep")
+
+    ctx = Context(live_objects=scan)
+    for _ in range(3):
+        with pytest.raises(RecursionError):
+            ctx.live
+    assert walks == [1]
+
+
 # --------------------------------------------------------------------------- healthy: silent
 HEALTHY = {
     # kmem's own growth policy on jax: the CUDA context is most of what is held (H100 figures).

@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Dict, Sequence, Tuple
 
-from ..record import CellRecord, Holder, Suggestion
+from ..record import HOLDERS_FAULT, CellRecord, Holder, Suggestion
 from ..sizes import MiB
 from .holders import keras_dtype_policy, keras_state, scan
 from .rules import Context, advise
@@ -31,7 +31,8 @@ def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str,
     """The suggestions for ``record``, who holds what it left behind when that is at least
     :data:`MIN_LEFT` (the namespace is scanned once for both, and only when needed), and what
     failed on it, a line each (a rule: its suggestion is left out; the holders scan: no
-    holders are named). A failure costs only its own part."""
+    holders are named, and the rules that read them fail too). The other rules' suggestions
+    are kept."""
     shown: Dict[str, Any] = {}
     if value is not None:
         shown[f"Out[{record.execution_count}]"] = value
@@ -41,9 +42,9 @@ def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str,
     suggestions = tuple(advise(record, history, context))
     try:
         holders = _holders(record, context)
-    except Exception as error:  # the scan's fault costs the holders, not the suggestions
+    except Exception as error:  # the scan's fault costs the holders, not every suggestion
         holders = ()
-        context.faults.append(f"holders: {error!r}")
+        context.faults.append(f"{HOLDERS_FAULT}{error!r}")
     return suggestions, holders, tuple(context.faults)
 
 

@@ -33,14 +33,24 @@ class Context:
     keras_weights_bytes: int = 0
     keras_optimizer_bytes: int = 0
     keras_state: Optional[Callable[[], Tuple[int, int]]] = field(default=None, repr=False)
-    # the rules that failed on this record, each a line ("rule near_limit: ValueError(...)")
+    # what failed on this record, a line each: a rule ("rule near_limit: ValueError(...)"),
+    # the holders scan ("holders: RecursionError(...)")
     faults: List[str] = field(default_factory=list)
     _live: Optional[List[LiveObject]] = field(default=None, repr=False)
+    _live_error: Optional[BaseException] = field(default=None, repr=False)
 
     @property
     def live(self) -> List[LiveObject]:
+        """The holders in the user's namespace, scanned once; a scan that failed fails
+        again for every rule that asks, without walking the namespace again."""
+        if self._live_error is not None:
+            raise self._live_error
         if self._live is None:
-            self._live = list(self.live_objects())
+            try:
+                self._live = list(self.live_objects())
+            except Exception as error:
+                self._live_error = error
+                raise
         return self._live
 
     def keras(self) -> Tuple[int, int]:

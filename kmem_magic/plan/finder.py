@@ -82,7 +82,7 @@ class BatchSize:
         peaked = "would peak (the line through the probes; a larger batch trained) at" \
             if self.interpolated else "peaked at"
         count = len(self.probes)
-        how = [f"{count} probe{'s' if count != 1 else ''} of {PROBE_STEPS} fit steps{guess}"]
+        how = [f"{count} probe{'s' if count != 1 else ''}, each of {PROBE_STEPS} fit steps{guess}"]
         if self.limited_by == "data":
             how.append("limited by the data")
         if self.peak_bytes is None:
@@ -337,8 +337,8 @@ class _Search:
         self.count = len(keras.tree.flatten(x)[0])
         self.budget_bytes, self.ceiling = budget_bytes, ceiling
         self.target, self.hard = target, hard
-        # what a probe's peak may reach under a hard limit (see _FRAGMENTATION): set from
-        # what was in use before the first measured step
+        # what a probe's peak may reach under a hard limit (see _FRAGMENTATION): set again
+        # by every measured step, from the step's value at batch 0 (_fixed)
         self.backend = keras.config.backend()
         self.room = self._room(0)
         self.jax = keras.config.backend() == "jax"
@@ -367,8 +367,12 @@ class _Search:
             # XLA's plan is no bound under the limit (it may say more than a step that ran):
             # double until a batch runs out of memory, then halve the gap; never below where
             # the plan's line reaches the limit (the plan says more than the step needs)
-            nxt = int((aim - line[0]) / line[1]) if line else 0
-            nxt = max(nxt, 2 * low if high > self.ceiling else int((low * high) ** 0.5))
+            planned = int((aim - line[0]) / line[1]) if line else 0
+            if high > self.ceiling:
+                nxt = max(planned, 2 * low)
+            else:  # a plan's line beyond a batch that ran out says nothing here
+                nxt = int((low * high) ** 0.5)
+                nxt = max(nxt, planned) if planned < high else nxt
             nxt = min(nxt, high - 1, self.ceiling)
             return 0 if nxt <= low * 1.01 else nxt
         if line:
@@ -416,9 +420,10 @@ class _Search:
         if line is not None and max(b for b, _ in points) >= 2 * min(b for b, _ in points):
             fixed = line[0]
         elif self.guess is not None:
-            # the estimate's line through batch 1 and 2, scaled by its error at this size
+            # the estimate's line through batch 1 and 2, scaled down by its error at this
+            # size, never up: an estimate short of the measured step is short of activations
             at_zero = max(0, 2 * self.guess.at(1) - self.guess.at(2))
-            fixed = peak * at_zero / max(self.guess.at(size), 1)
+            fixed = min(at_zero, peak * at_zero / max(self.guess.at(size), 1))
         else:
             fixed = before
         return int(min(max(fixed, before), peak))
@@ -513,13 +518,17 @@ class _Search:
         the line through two says more of it grows with the batch."""
         if not self.hard or self.jax:
             return
+        demoted = []
         for i, probe in enumerate(self.probes):
             if probe.outcome == "fits" and probe.peak_bytes > self.room:
                 self.probes[i] = Probe(probe.batch_size, probe.peak_bytes,
                                        "trained, too near the limit")
-                self.high = min(self.high, probe.batch_size)
+                demoted.append(probe.batch_size)
         self.low = max((p.batch_size for p in self.probes if p.outcome.startswith("fits")),
                        default=0)
+        # a smaller batch may peak higher (torch's resnet: 530 trained, 521 ran out): only
+        # those above what still fits bound the search
+        self.high = min([self.high] + [b for b in demoted if b > self.low])
 
 
 def _nbytes(keras: Any, data: Any) -> int:

@@ -13,7 +13,7 @@ from typing import Any, List, Sequence
 from .. import _nvml, backends
 from ..backends import label
 from ..ledger import exceeds
-from ..record import HOST, UNKNOWN, CellRecord, Figures, Suggestion
+from ..record import HOLDERS_FAULT, HOST, UNKNOWN, CellRecord, Figures, Suggestion
 from ..sizes import format_bytes
 
 
@@ -61,9 +61,9 @@ def summary(record: CellRecord, note_gpu: bool = True) -> str:
 
 
 def fault_lines(record: CellRecord) -> List[str]:
-    """What went wrong inside kmem on this cell, a line for the measuring faults and one for
-    the advice rules that failed (none when all went well)."""
-    measuring, advising = record.split_faults()
+    """What went wrong inside kmem on this cell: a line for the measuring faults, one for the
+    advice rules that failed, one for the holders scan (none when all went well)."""
+    measuring, advising, holders = record.split_faults()
     lines = []
     if measuring:
         lines.append(f"kmem: {len(measuring)} fault(s) while measuring (those figures are "
@@ -71,6 +71,9 @@ def fault_lines(record: CellRecord) -> List[str]:
     if advising:
         lines.append(f"kmem: {len(advising)} advice rule(s) failed (their suggestions are "
                      f"left out), the first: {advising[0]}")
+    if holders:
+        lines.append(f"kmem: the holders scan failed (no holders are named): "
+                     f"{holders[0][len(HOLDERS_FAULT):]}")
     return lines
 
 
