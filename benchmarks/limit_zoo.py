@@ -276,7 +276,8 @@ x, y = make(4 * batch)
 found = kmem_magic.find_batch_size(model, x, y)
 out.update(found=found.batch_size, estimated=found.estimated_batch, peak=found.peak_bytes,
            budget=found.budget_bytes, hard=found.hard,
-           probes=[(p.batch_size, p.peak_bytes, p.outcome) for p in found.probes])
+           probes=[(p.batch_size, p.peak_bytes, p.outcome, p.room_bytes)
+                   for p in found.probes])
 part = keras.tree.map_structure(lambda a: a[:3 * found.batch_size], (x, y))
 out["fit_trains"] = fit(model, *part, size=found.batch_size)
 print("ROW " + json.dumps(out))

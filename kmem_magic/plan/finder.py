@@ -36,13 +36,16 @@ from .estimator import estimate, largest_where, peak_under
 
 @dataclass(frozen=True)
 class Probe:
-    """One measured training step: its batch size, its allocator peak and the outcome."""
+    """One measured training step: its batch size, its allocator peak and the outcome;
+    ``room_bytes`` is the highest peak that would have fitted, judged when it ran (under a
+    hard limit: the limit less the fragmentation margin; None for a step that ran out)."""
 
     batch_size: int
     peak_bytes: Optional[int]
     # "fits" (on jax, "fits (trained under the limit; XLA planned more)"), "over budget",
     # "trained, too near the limit" or "out of memory"
     outcome: str
+    room_bytes: Optional[int] = None
 
 
 @dataclass
@@ -504,7 +507,8 @@ class _Search:
             "over budget"
         if fitted and peak > self.budget_bytes:
             outcome = "fits (trained under the limit; XLA planned more)"
-        self.probes.append(Probe(size, peak, outcome))
+        self.probes.append(Probe(size, peak, outcome,
+                                 self.room if self.hard else self.target))
         self.fits.append((size, peak))
         if fitted:
             self.low = max(self.low, size)
@@ -522,7 +526,7 @@ class _Search:
         for i, probe in enumerate(self.probes):
             if probe.outcome == "fits" and probe.peak_bytes > self.room:
                 self.probes[i] = Probe(probe.batch_size, probe.peak_bytes,
-                                       "trained, too near the limit")
+                                       "trained, too near the limit", self.room)
                 demoted.append(probe.batch_size)
         self.low = max((p.batch_size for p in self.probes if p.outcome.startswith("fits")),
                        default=0)
