@@ -111,7 +111,7 @@ def test_other_processes_are_named_and_hidden_ones_are_said_to_be_hidden():
 
 def test_near_limit_computes_the_batch_size_that_fits_from_two_measured_sizes():
     fit = "history = model.fit(x, y, batch_size={}, epochs=1)"
-    limit = 3584 * MiB
+    limit = 3648 * MiB  # batch 256 trains in it with the allocator's margin to spare
     history = [record(peak={"torch": 1024 * MiB}, source=fit.format(64), limit=limit),
                record(peak={"torch": 1792 * MiB}, source=fit.format(128), limit=limit)]
     cell = record(peak={"torch": 3328 * MiB}, source=fit.format(256), limit=limit)
@@ -121,7 +121,7 @@ def test_near_limit_computes_the_batch_size_that_fits_from_two_measured_sizes():
     fits = int((peak_under(limit, "torch") - 256 * MiB) / (12 * MiB))
     assert s.rule == "near-limit" and 200 < fits < 256
     # ... but under a hard limit batch 256 trained: that is the proof, never less
-    assert "batch_size=256   # the largest that trained under the 3.50 GiB limit" in s.code
+    assert "batch_size=256   # the largest that trained under the 3.56 GiB limit" in s.code
     # on a whole device (no limit) the model plans, beside the CUDA context
     free = [record(peak={"torch": p * MiB}, source=fit.format(b))
             for b, p in ((64, 1024), (128, 1792))]
@@ -131,7 +131,7 @@ def test_near_limit_computes_the_batch_size_that_fits_from_two_measured_sizes():
     room = peak_under(total - typical_context("torch"), "torch")
     assert f"batch_size={int((room - 256 * MiB) / (12 * MiB))}   # trains under the 3.52 GiB " \
         "device, beside the CUDA context" in whole.code
-    assert "12.00 MiB per sample" in s.evidence and "93 % of the limit" in s.title
+    assert "12.00 MiB per sample" in s.evidence and "91 % of the limit" in s.title
 
 
 def test_near_limit_under_a_hard_limit_offers_a_batch_that_trained_only_with_the_margin():
