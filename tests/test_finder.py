@@ -333,3 +333,20 @@ def test_two_steps_close_together_do_not_say_what_a_step_needs_at_batch_0(
     assert [p.peak_bytes for p in search.probes] == [20 * MiB + 4096 * 700, peak]
     search.probe(400)  # 2.5x apart: the line now says what any batch allocates
     assert search.room == room_under(limit, 20 * MiB, "tensorflow")
+
+
+
+def test_an_answer_far_below_a_batch_that_ran_out_is_halved_down_to_not_left_there(
+        fake_nvml, monkeypatch, device, model, data):
+    # On the H200 the zoo's MLP trained at batch 1, ran out at 3571 and, by chance near its
+    # limit, at 1786: three probes, and "batch size 1 trains". Here two probes end the same
+    # way (batch 1 fits, 2000 runs out); the search goes on halving down from the failure.
+    from conftest import gpu
+
+    x, y = data
+    fake_nvml([gpu(0, total=1024 * MiB, used=999 * MiB)])
+    fake(device, monkeypatch, fixed=20 * MiB, per_sample=4096, capacity=25 * MiB)
+    found = kmem_magic.find_batch_size(model, x, y, max_probes=2)
+    assert [(p.batch_size, p.outcome) for p in found.probes] == [
+        (1, "fits"), (2000, "out of memory"), (1000, "fits")]
+    assert found.batch_size == 1000 and "3 probes" in str(found)

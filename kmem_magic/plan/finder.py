@@ -270,7 +270,8 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
     number of samples in ``x``. Each probe is three steps of a real ``fit`` at its batch size.
     The batch returned is one a probe trained; the model is left as it was (weights,
     optimizer state, metrics). When no probe fits within ``max_probes``, the search goes on
-    halving the batch until one does (``probes`` lists them all).
+    halving the batch until one does, and when the one that fits is below a quarter of a batch
+    that ran out, it halves down from that one up to twice more (``probes`` lists them all).
     """
     import keras
 
@@ -356,7 +357,8 @@ class _Search:
 
     def run(self, predicted: int, max_probes: int) -> None:
         """Probe where the estimate says, then where the measured steps say, until the
-        answer is within 1 % or ``max_probes`` steps ran; then, if nothing fitted, halve."""
+        answer is within 1 % or ``max_probes`` steps ran; then, if nothing fitted, halve, and
+        if what fitted is below a quarter of a batch that ran out, halve down from that."""
         size = max(1, min(predicted, self.ceiling))
         while size:
             self.probe(size)
@@ -365,6 +367,14 @@ class _Search:
             size = self._next()
         while self.low == 0 and self.high > 1:
             self.probe(max(1, self.high // 2))
+        # an answer far below a batch that ran out (the H200's MLP: batch 1 trained, 3571 and,
+        # near its limit by chance, 1786 ran out): halve down from the failure, twice at most
+        for _ in range(2):
+            size = self.high // 2
+            if not self.low or self.high > self.ceiling or 4 * self.low >= self.high or \
+                    size in {p.batch_size for p in self.probes}:
+                break
+            self.probe(size)
 
     def _next(self) -> int:
         """The next batch to probe (0: stop), strictly between what fitted and what did not."""
