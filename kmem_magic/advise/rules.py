@@ -440,12 +440,9 @@ def _measured_fit(record, history, device: int, ceiling: int) -> Optional[Tuple[
         f"the {format_bytes(ceiling)} device, beside the CUDA context"
     # under a hard limit a batch that trained is the proof, whatever the model plans, when it
     # left the allocator's fragmentation margin (find_batch_size's rule: a torch batch that
-    # trained with less ran out in the fit after). Batch 0 is read from runs 2x apart only.
+    # trained with less ran out in the fit after)
     before = record.figures(device).before.get(backend) or 0
-    at_zero = fixed if max(points) >= 2 * min(points) else before
-    room_proven = room_under(ceiling, int(max(before, min(at_zero, min(points.values())))),
-                             backend)
-    proven = [b for b, peak in points.items() if peak <= room_proven]
+    proven = [b for b, peak in points.items() if peak <= room_under(ceiling, before, backend)]
     if limited and proven and max(proven) >= fits:
         return (f"batch_size={max(proven)}   # the largest that trained under {what}",
                 f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; the "

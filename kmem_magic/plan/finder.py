@@ -8,7 +8,7 @@ under the limit, allocator reserve included; a real training step there is the f
 What it measured corrects the estimate (its error scales the prediction; two measured steps
 give a line), and at most two more steps move to where the corrected prediction says the limit
 ends. Under a hard limit (the policy's ``--limit``, or the device's free memory) a probe that
-trains, leaving beside its peak 9 % of what the step allocates for its batch (torch,
+trains, leaving beside its peak 9 % of the step's own allocations (torch,
 TensorFlow; jax: nothing) for the allocator's fragmentation, which the fit that follows needs
 (measured, see ``_FRAGMENTATION``), is the proof that its batch trains; under a smaller
 ``budget`` a probe fits when its allocated peak leaves the allocator's reserve inside the
@@ -215,30 +215,27 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 
 
 # Under a hard limit a torch (or TensorFlow) allocator must also find room for each block of a
-# step: on the H200 batches whose two probe steps trained with 5.5-6.1 % of the step's own
+# step: on the H200 batches whose probe steps trained with 5.5-6.1 % of the step's own
 # allocations (its peak less what was in use before it) left below the limit then ran out in
-# the fit that followed (the zoo's cnn, lstm and two_inputs, the GPU test's convnet), one with
-# 6.7 % trained (gru). What a step allocates whatever its batch (gradients, the optimizer's
-# temporaries) comes back in the same sizes every step, which the allocator's cached blocks
-# fit again: the zoo's MLP trains at batch 2048 with 0.7 % of its limit to spare, while a
-# margin on all it allocates refused its batch 1 (Adam's temporaries are 4x its weights). So a
-# probe fits only when its peak plus _FRAGMENTATION of what the step allocates for its batch
-# (the peak less the step's value at batch 0, see _Search._fixed) is within the limit. The
-# share is 9 %: the zoo's LSTM, whose step's peak moves 1 % between runs, found batch 518 with
-# 8.3 % of that to spare (7.5 % of its whole peak) and ran out in the fit after, a
-# 320 MiB request; on other runs 520 and 521 trained. jax's pool needs none: every found batch
-# trained in its fit. TensorFlow's figure is torch's, not measured on a GPU.
+# the fit that followed (the zoo's cnn, lstm and two_inputs, the GPU test's convnet), and the
+# LSTM, whose step's peak moves 1 % between runs, ran out after 7.5 % once (batch 518). So a
+# probe fits only when its peak plus _FRAGMENTATION of the step's own allocations is within
+# the limit. Gradients and optimizer temporaries fragment too: with the margin on the batch's
+# allocations only, the zoo's MLP (Adam's temporaries are 4x its weights) trained at batch
+# 893 with 2.7 % of the limit to spare and ran out in the fit after. Weights allocated once
+# do not: they are what was in use before. jax's pool needs none: every found batch trained in
+# its fit. TensorFlow's figure is torch's, not measured on a GPU.
 # (docs/benchmarks.md, "Which limit, which batch trains".)
 _FRAGMENTATION = {"torch": 0.09, "tensorflow": 0.09, "jax": 0.0}
 
-def room_under(limit_bytes: int, fixed_bytes: int, backend: str) -> int:
+def room_under(limit_bytes: int, before_bytes: int, backend: str) -> int:
     """The highest allocated peak of a step that proves, by training under a hard limit of
     ``limit_bytes``, that a fit at its batch trains too: its peak plus the allocator's
-    fragmentation margin (:data:`_FRAGMENTATION` of what it allocates for its batch, its peak
-    less ``fixed_bytes``, its value at batch 0) within the limit. The finder and the advice
+    fragmentation margin (:data:`_FRAGMENTATION` of the step's own allocations, its peak less
+    ``before_bytes``, what was in use before it) within the limit. The finder and the advice
     share it."""
     share = _FRAGMENTATION.get(backend, _FRAGMENTATION["torch"])
-    return int((limit_bytes + share * fixed_bytes) / (1 + share))
+    return int((limit_bytes + share * before_bytes) / (1 + share))
 
 
 # A probe runs as many steps as the truth it is measured against (docs/benchmarks.md: "trains"
@@ -317,8 +314,8 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
         elif why.startswith("trained"):
             share = _FRAGMENTATION.get(backend, _FRAGMENTATION["torch"])
             why += (f" (its peak {format_bytes(probes[-1].peak_bytes)} leaves the allocator "
-                    f"less than {share:.0%} of what the step allocates for its batch, which a "
-                    "fit after it needs)")
+                    f"less than {share:.0%} of the step's own allocations, which a fit after it "
+                    "needs)")
         raise RuntimeError(f"even a batch of {min(b.batch_size for b in probes)} does not fit "
                            f"in {format_bytes(budget_bytes)}: {why}")
     peak = below[1] if below is not None else max(
@@ -345,8 +342,8 @@ class _Search:
         self.count = len(keras.tree.flatten(x)[0])
         self.budget_bytes, self.ceiling = budget_bytes, ceiling
         self.target, self.hard = target, hard
-        # what a probe's peak may reach under a hard limit (see _FRAGMENTATION): set again
-        # by every measured step, from the step's value at batch 0 (_fixed)
+        # what a probe's peak may reach under a hard limit (see _FRAGMENTATION): set by every
+        # measured step, from what was in use before it
         self.backend = keras.config.backend()
         self.room = self._room(0)
         self.jax = keras.config.backend() == "jax"
@@ -368,11 +365,12 @@ class _Search:
         while self.low == 0 and self.high > 1:
             self.probe(max(1, self.high // 2))
         # an answer far below a batch that ran out (the H200's MLP: batch 1 trained, 3571 and,
-        # near its limit by chance, 1786 ran out): halve down from the failure, twice at most
+        # near its limit by chance, 1786 ran out) and none read below one that trained too
+        # near the limit: halve down from the failure, twice at most
         for _ in range(2):
             size = self.high // 2
             if not self.low or self.high > self.ceiling or 4 * self.low >= self.high or \
-                    size in {p.batch_size for p in self.probes}:
+                    size in {p.batch_size for p in self.probes} or self.below_trained():
                 break
             self.probe(size)
 
@@ -419,31 +417,10 @@ class _Search:
             return 0
         return nxt
 
-    def _room(self, fixed: int) -> int:
-        """The highest peak that leaves the fragmentation margin of a step whose value at
-        batch 0 is ``fixed`` (:func:`room_under`)."""
-        return room_under(self.budget_bytes, fixed, self.backend)
-
-    def _fixed(self, before: int, size: int, peak: int) -> int:
-        """A step's peak at batch 0: what was in use before it and what it allocates whatever
-        its batch (gradients, the optimizer's temporaries). Read from the line through the
-        measured steps (this one at ``size`` included) when they are at least 2x apart, else
-        from the estimate's share of the step at ``size``, else ``before`` (every allocation
-        of the step then counts as its batch's); never below ``before`` nor above ``peak``."""
-        points = self.fits + [(size, peak)]
-        line = fit_line(points)
-        # steps close together say little of batch 0: on the H200 three convnet probes at
-        # 283-301 put it 160 MiB above what was in use, and 301 then ran out in the fit
-        if line is not None and max(b for b, _ in points) >= 2 * min(b for b, _ in points):
-            fixed = line[0]
-        elif self.guess is not None:
-            # the estimate's line through batch 1 and 2, scaled down by its error at this
-            # size, never up: an estimate short of the measured step is short of activations
-            at_zero = max(0, 2 * self.guess.at(1) - self.guess.at(2))
-            fixed = min(at_zero, peak * at_zero / max(self.guess.at(size), 1))
-        else:
-            fixed = before
-        return int(min(max(fixed, before), peak))
+    def _room(self, before: int) -> int:
+        """The highest peak that leaves the fragmentation margin of a step that starts with
+        ``before`` bytes in use (:func:`room_under`)."""
+        return room_under(self.budget_bytes, before, self.backend)
 
     def below_trained(self) -> Optional[Tuple[int, int]]:
         """``(batch, peak)`` above the largest batch that fitted, when a larger one trained too
@@ -513,7 +490,7 @@ class _Search:
         peak = measured.peak_bytes + (_nbytes(self.keras, (batch_x, batch_y)) // PROBE_STEPS
                                       if self.jax else 0)
         if measured.before_bytes is not None:
-            self.room = self._room(self._fixed(min(measured.before_bytes, peak), size, peak))
+            self.room = self._room(min(measured.before_bytes, peak))
         # jax under a hard limit: the step ran in XLA's pool, which needs no margin (every
         # batch found so trained in its fit), and XLA's plan may say more than it needed
         fitted = (self.jax and self.hard) or peak <= (self.room if self.hard else self.target)
@@ -528,25 +505,6 @@ class _Search:
             self.low = max(self.low, size)
         else:
             self.high = min(self.high, size)
-        self._recheck()
-
-    def _recheck(self) -> None:
-        """Hold the earlier probes to the room the latest measurements leave: a step judged
-        with the estimate's share of its batch (one measured step) is too near the limit when
-        the line through two says more of it grows with the batch."""
-        if not self.hard or self.jax:
-            return
-        demoted = []
-        for i, probe in enumerate(self.probes):
-            if probe.outcome == "fits" and probe.peak_bytes > self.room:
-                self.probes[i] = Probe(probe.batch_size, probe.peak_bytes,
-                                       "trained, too near the limit", self.room)
-                demoted.append(probe.batch_size)
-        self.low = max((p.batch_size for p in self.probes if p.outcome.startswith("fits")),
-                       default=0)
-        # a smaller batch may peak higher (torch's resnet: 530 trained, 521 ran out): only
-        # those above what still fits bound the search
-        self.high = min([self.high] + [b for b in demoted if b > self.low])
 
 
 def _nbytes(keras: Any, data: Any) -> int:
