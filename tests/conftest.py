@@ -170,6 +170,17 @@ def fake_nvml(monkeypatch):
     return install
 
 
+def advise(record, history, ctx=None):
+    """kmem's ``advise`` for rule tests, failing the test when a rule raised: ``advise`` keeps
+    the others' suggestions and names the fault, so a crashed rule would pass as silent."""
+    from kmem_magic.advise import Context, rules
+
+    ctx = ctx if ctx is not None else Context()
+    found = rules.advise(record, history, ctx)
+    assert ctx.faults == [], ctx.faults
+    return found
+
+
 def gpu(index, name="NVIDIA H100 80GB HBM3", total=80 * 2**30, used=0, procs=()):
     """One fake GPU's description for :func:`fake_nvml`."""
     return {"name": name, "uuid": f"GPU-{index:08d}-aaaa-bbbb-cccc-{index:012d}", "total": total,

@@ -8,21 +8,13 @@ import re
 
 import pytest
 
-from kmem_magic.advise import Context, rules as rule_set
+from conftest import advise
+from kmem_magic.advise import Context
 from kmem_magic.advise.holders import LiveObject
 from kmem_magic.record import CellRecord, Device, Figures, Peak, Timeline
 from kmem_magic.plan.estimator import peak_under, typical_context
 
 MiB, GiB = 2**20, 2**30
-
-
-def advise(record, history, ctx=None):
-    """kmem's ``advise``, failing the test when a rule raised: ``advise`` keeps the others'
-    suggestions and names the fault, so a crashed rule would otherwise pass as silent."""
-    ctx = ctx if ctx is not None else Context()
-    found = rule_set.advise(record, history, ctx)
-    assert ctx.faults == [], ctx.faults
-    return found
 
 
 def record(peak=None, before=None, after=None, total=80 * GiB, limit=None, source="",

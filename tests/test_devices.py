@@ -4,22 +4,14 @@ GPU filling while the others sit idle is a suggestion of its own. NVML is faked 
 boundary; the shell, the measurement and the views are real."""
 
 import kmem_magic
-from conftest import gpu
+from conftest import advise, gpu
 
 from kmem_magic import _nvml
-from kmem_magic.advise import Context, rules as rule_set
+from kmem_magic.advise import Context
 from kmem_magic.record import CellRecord, Device, Figures, Job, Peak, Timeline
 from kmem_magic.show import html, text
 from kmem_magic.sizes import GiB, MiB
 
-
-def advise(record, history, ctx=None):
-    """kmem's ``advise``, failing the test when a rule raised: ``advise`` keeps the others'
-    suggestions and names the fault, so a crashed rule would otherwise pass as silent."""
-    ctx = ctx if ctx is not None else Context()
-    found = rule_set.advise(record, history, ctx)
-    assert ctx.faults == [], ctx.faults
-    return found
 
 
 def test_gpus_follow_cuda_order_and_are_labelled_by_uuid(ip, fake_nvml, monkeypatch):
