@@ -338,7 +338,8 @@ class CellRecord:
     # Other processes on each GPU at the cell's end: (pid, name or None, bytes or None).
     others: Dict[int, Tuple[tuple, ...]] = field(default_factory=dict)
     # What went wrong inside kmem, a line each: while measuring (a failed NVML or counter
-    # read, ...), or in advice (those start with RULE_FAULT: "rule near_limit: ValueError()").
+    # read, ...), in advice (those start with RULE_FAULT: "rule near_limit: ValueError()"),
+    # or in the holders scan (HOLDERS_FAULT).
     faults: Tuple[str, ...] = ()
     suggestions: Tuple[Suggestion, ...] = ()
     # Who holds what the cell left behind, largest first (when it left something).

@@ -420,13 +420,14 @@ def _measured_fit(record, history, device: int, ceiling: int) -> Optional[Tuple[
     """The largest batch size that trains under ``ceiling``, from the exact allocator peaks
     of this cell run with two or more batch sizes (None with fewer), with the estimate's model
     of what the allocator needs beyond a peak (:func:`~kmem_magic.plan.estimator.peak_under`)."""
-    points, backend = {}, None
+    points, befores, backend = {}, {}, None
     for r in list(history) + [record]:
         b = _batch_size(r.source)
         alloc = _allocator(r, device)
         if b and alloc and alloc[2] and r.error_kind is None and \
                 _template(r.source) == _template(record.source):
             points[b], backend = alloc[1], alloc[0]
+            befores[b] = r.figures(device).before.get(alloc[0]) or 0
     line = fit_line(list(points.items()))
     if line is None:
         return None
@@ -441,8 +442,8 @@ def _measured_fit(record, history, device: int, ceiling: int) -> Optional[Tuple[
     # under a hard limit a batch that trained is the proof, whatever the model plans, when it
     # left the allocator's fragmentation margin (find_batch_size's rule: a torch batch that
     # trained with less ran out in the fit after)
-    before = record.figures(device).before.get(backend) or 0
-    proven = [b for b, peak in points.items() if peak <= room_under(ceiling, before, backend)]
+    proven = [b for b, peak in points.items()
+              if peak <= room_under(ceiling, befores[b], backend)]
     if limited and proven and max(proven) >= fits:
         return (f"batch_size={max(proven)}   # the largest that trained under {what}",
                 f"Measured {format_bytes(slope)} per sample from batch sizes {sizes}; the "

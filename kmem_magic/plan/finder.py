@@ -38,7 +38,8 @@ from .estimator import estimate, largest_where, peak_under
 class Probe:
     """One measured training step: its batch size, its allocator peak and the outcome;
     ``room_bytes`` is the highest peak that would have fitted, judged when it ran (under a
-    hard limit: the limit less the fragmentation margin; None for a step that ran out)."""
+    hard limit: the limit less the fragmentation margin, which on jax no probe is held to;
+    under a budget: the peak its reserve leaves; None for a step that ran out)."""
 
     batch_size: int
     peak_bytes: Optional[int]
@@ -218,7 +219,8 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 # step: on the H200 batches whose probe steps trained with 5.5-6.1 % of the step's own
 # allocations (its peak less what was in use before it) left below the limit then ran out in
 # the fit that followed (the zoo's cnn, lstm and two_inputs, the GPU test's convnet), and the
-# LSTM, whose step's peak moves 1 % between runs, ran out after 7.5 % once (batch 518). So a
+# LSTM, whose step's peak moves 1 % between runs, ran out once after a probe left 7.5 % of its
+# whole peak (batch 518; at most that of its own allocations). So a
 # probe fits only when its peak plus _FRAGMENTATION of the step's own allocations is within
 # the limit. Gradients and optimizer temporaries fragment too: with the margin on the batch's
 # allocations only, the zoo's MLP (Adam's temporaries are 4x its weights) trained at batch
@@ -227,6 +229,7 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 # its fit. TensorFlow's figure is torch's, not measured on a GPU.
 # (docs/benchmarks.md, "Which limit, which batch trains".)
 _FRAGMENTATION = {"torch": 0.09, "tensorflow": 0.09, "jax": 0.0}
+
 
 def room_under(limit_bytes: int, before_bytes: int, backend: str) -> int:
     """The highest allocated peak of a step that proves, by training under a hard limit of
@@ -258,17 +261,18 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
                     headroom: float = 0.0, max_batch_size: Optional[int] = None,
                     max_probes: int = 3) -> BatchSize:
     """The largest batch size whose training step of ``model`` on ``x``/``y`` trains within
-    ``budget``, found with at most ``max_probes`` real steps after the estimate.
+    ``budget``, found with at most ``max_probes`` probes, the first where the estimate says.
 
     ``budget``: bytes, a size (``"4GiB"``) or a share of the GPU (``"80%"``); by default what
     this process may use on GPU 0 (the policy's ``--limit``, else what is free), less
     ``headroom`` (a share, default none: the allocator's reserve is already planned for). A
     budget above what this process may use is capped at it. ``max_batch_size`` defaults to the
     number of samples in ``x``. Each probe is three steps of a real ``fit`` at its batch size.
-    The batch returned is one a probe trained; the model is left as it was (weights,
-    optimizer state, metrics). When no probe fits within ``max_probes``, the search goes on
-    halving the batch until one does, and when the one that fits is below a quarter of a batch
-    that ran out, it halves down from that one up to twice more (``probes`` lists them all).
+    The batch returned is one a probe trained, or one below a batch that trained too near a
+    hard limit (``interpolated``); the model is left as it was (weights, optimizer state,
+    metrics). When no probe fits within ``max_probes``, the search goes on halving the batch
+    until one does, and when the one that fits is below a quarter of the smallest that did
+    not, it halves down from that one up to twice more (``probes`` lists them all).
     """
     import keras
 
@@ -364,15 +368,14 @@ class _Search:
             size = self._next()
         while self.low == 0 and self.high > 1:
             self.probe(max(1, self.high // 2))
-        # an answer far below a batch that ran out (the H200's MLP: batch 1 trained, 3571 and,
-        # near its limit by chance, 1786 ran out) and none read below one that trained too
-        # near the limit: halve down from the failure, twice at most
+        # an answer far below the smallest batch that did not fit (the H200's MLP: batch 1
+        # trained, 3571 and, near its limit by chance, 1786 ran out) and none read below one
+        # that trained too near the limit: halve down from it, twice at most
         for _ in range(2):
-            size = self.high // 2
             if not self.low or self.high > self.ceiling or 4 * self.low >= self.high or \
-                    size in {p.batch_size for p in self.probes} or self.below_trained():
+                    self.below_trained():
                 break
-            self.probe(size)
+            self.probe(self.high // 2)
 
     def _next(self) -> int:
         """The next batch to probe (0: stop), strictly between what fitted and what did not."""
