@@ -217,17 +217,16 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 
 # Under a hard limit a torch (or TensorFlow) allocator must also find room for each block of a
 # step: on the H200 batches whose probe steps trained with 5.5-6.1 % of the step's own
-# allocations (its peak less what was in use before it) left below the limit then ran out in
-# the fit that followed (the zoo's cnn, lstm and two_inputs, the GPU test's convnet), and the
-# LSTM, whose step's peak moves 1 % between runs, ran out once after a probe left 7.5 % of its
-# whole peak (batch 518; at most that of its own allocations). So a
-# probe fits only when its peak plus _FRAGMENTATION of the step's own allocations is within
-# the limit. Gradients and optimizer temporaries fragment too: with the margin on the batch's
-# allocations only, the zoo's MLP (Adam's temporaries are 4x its weights) trained at batch
-# 893 with 2.7 % of the limit to spare and ran out in the fit after. Weights allocated once
-# do not: they are what was in use before. jax's pool needs none: every found batch trained in
-# its fit. TensorFlow's figure is torch's, not measured on a GPU.
-# (docs/benchmarks.md, "Which limit, which batch trains".)
+# allocations (its peak less what was in use before it) left below the limit then ran out in the
+# fit that followed (the zoo's cnn, lstm and two_inputs, the GPU test's convnet), and the LSTM,
+# whose step's peak moves 1 % between runs, ran out once after a probe left 7.5 % of its whole
+# peak (batch 518; at most that of its own allocations). So a probe fits only when its peak plus
+# _FRAGMENTATION of the step's own allocations is within the limit. Gradients and optimizer
+# temporaries fragment too: with the margin on the batch's allocations only, the zoo's MLP
+# (Adam's temporaries are 4x its weights) trained at batch 893 with 2.7 % of the limit to spare
+# and ran out in the fit after. Weights allocated once do not: they are what was in use before.
+# jax's pool needs none: every found batch trained in its fit. TensorFlow's figure is torch's,
+# not measured on a GPU. (docs/benchmarks.md, "Which limit, which batch trains".)
 _FRAGMENTATION = {"torch": 0.09, "tensorflow": 0.09, "jax": 0.0}
 
 
@@ -237,8 +236,14 @@ def room_under(limit_bytes: int, before_bytes: int, backend: str) -> int:
     fragmentation margin (:data:`_FRAGMENTATION` of the step's own allocations, its peak less
     ``before_bytes``, what was in use before it) within the limit. The finder and the advice
     share it."""
-    share = _FRAGMENTATION.get(backend, _FRAGMENTATION["torch"])
+    share = _fragmentation(backend)
     return int((limit_bytes + share * before_bytes) / (1 + share))
+
+
+def _fragmentation(backend: str) -> float:
+    """The share of a step's own allocations a probe must leave under a hard limit (a backend
+    not measured gets torch's)."""
+    return _FRAGMENTATION.get(backend, _FRAGMENTATION["torch"])
 
 
 # A probe runs as many steps as the truth it is measured against (docs/benchmarks.md: "trains"
@@ -316,10 +321,9 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
             why += (f" (its peak {format_bytes(probes[-1].peak_bytes)} leaves less than the "
                     "allocator's reserve that kmem_magic.estimate plans for)")
         elif why.startswith("trained"):
-            share = _FRAGMENTATION.get(backend, _FRAGMENTATION["torch"])
             why += (f" (its peak {format_bytes(probes[-1].peak_bytes)} leaves the allocator "
-                    f"less than {share:.0%} of the step's own allocations, which a fit after it "
-                    "needs)")
+                    f"less than {_fragmentation(backend):.0%} of the step's own allocations, "
+                    "which a fit after it needs)")
         raise RuntimeError(f"even a batch of {min(b.batch_size for b in probes)} does not fit "
                            f"in {format_bytes(budget_bytes)}: {why}")
     peak = below[1] if below is not None else max(
@@ -350,7 +354,7 @@ class _Search:
         # measured step, from what was in use before it
         self.backend = keras.config.backend()
         self.room = self._room(0)
-        self.jax = keras.config.backend() == "jax"
+        self.jax = self.backend == "jax"
         self.probes: List[Probe] = []
         self.fits: List[Tuple[int, int]] = []
         self.low, self.high = 0, ceiling + 1
