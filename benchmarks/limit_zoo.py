@@ -21,6 +21,13 @@ batch), then a real fit at the batch it found, in the same process. The true lar
 under that limit is at least that larger batch; ``report`` brackets it from the two rows'
 limits.
 
+``repeat`` trains chosen batches of a model in many fresh processes under one limit (by
+default the smallest working limit of the model's larger batch), to say how reliable a single
+trial at the edge is:
+
+    KERAS_BACKEND=torch python3 benchmarks/limit_zoo.py repeat --truth truth-torch.json \
+        --rows mlp:1,mlp:2048 --trials 6 --json repeat-torch.json                  # GPU
+
 ``report`` prints the tables of docs/benchmarks.md from those files.
 """
 
@@ -96,6 +103,17 @@ if limit is None and out["trains"]:  # jax's uncapped run (torch measures in TOR
 print("ROW " + json.dumps(out))
 """
 
+# ``repeat``: one trial, with the allocated peak of its fit where the backend can reset it.
+REPEAT = PRELUDE + r"""
+framework = backends.by_name(keras.config.backend())
+out["in_use_before"] = framework.in_use().get(0)
+state = framework.reset_peak() if framework.resettable_peak else None
+out["trains"] = fit(model, x, y)
+peak = framework.read_peak(state, {{}}).get(0) if state is not None else None
+out["allocated"] = peak.bytes if peak is not None else None
+print("ROW " + json.dumps(out))
+"""
+
 # torch: every trial in one process, the fraction changed between them.
 TORCH_SEARCH = PRELUDE + r"""
 import torch
@@ -155,9 +173,9 @@ def child(code: str, timeout: int = 900) -> dict:
     return {"error": done.stderr.strip()[-800:]}
 
 
-def code_for(template: str, name: str, batch: int, policy: str, limit) -> str:
+def code_for(template: str, name: str, batch: int, policy: str, limit, **more) -> str:
     return "import math\n" + template.format(root=ROOT, here=HERE, name=name, batch=batch,
-                                             policy=policy, limit=limit, steps=STEPS)
+                                             policy=policy, limit=limit, steps=STEPS, **more)
 
 
 class Trials:
@@ -272,8 +290,15 @@ print("ROW " + json.dumps(found))
 # find_batch_size under a hard limit, then a real fit at the batch it found, same process.
 FINDER = PRELUDE + r"""
 import kmem_magic
+from kmem_magic.plan import finder
+if {fragmentation!r} is not None:  # check --fragmentation: the margin an A/B run tries
+    finder._FRAGMENTATION[keras.config.backend()] = {fragmentation!r}
 x, y = make(4 * batch)
+framework = backends.by_name(keras.config.backend())
+# what the search leaves in use is what the fit after it has less of
+out["in_use_before_search"] = framework.in_use().get(0)
 found = kmem_magic.find_batch_size(model, x, y)
+out["in_use_after_search"] = framework.in_use().get(0)
 out.update(found=found.batch_size, estimated=found.estimated_batch, peak=found.peak_bytes,
            budget=found.budget_bytes, hard=found.hard,
            probes=[(p.batch_size, p.peak_bytes, p.outcome, p.room_bytes)
@@ -315,10 +340,10 @@ def check(args) -> None:
     def finder(key):
         limit = truth[key]["smallest"]
         with trials.slots:
-            result = child(code_for(FINDER, *key, limit))
+            result = child(code_for(FINDER, *key, limit, fragmentation=args.fragmentation))
         return dict(model=key[0], batch=key[1], policy=key[2], backend=backend,
-                    kind="finder", limit=limit, **{k: v for k, v in result.items()
-                                                   if k not in ("limit", "batch")})
+                    kind="finder", limit=limit, fragmentation=args.fragmentation,
+                    **{k: v for k, v in result.items() if k not in ("limit", "batch")})
 
     largest = [k for k in todo if k[2] == "float32" and k[1] == max(BATCHES[k[0]])]
     kinds = args.kinds.split(",")
@@ -333,6 +358,41 @@ def check(args) -> None:
             print(json.dumps({k: row.get(k) for k in ("kind", "model", "batch", "policy",
                                                       "trains", "found", "fit_trains",
                                                       "error")}), flush=True)
+
+
+def repeat(args) -> None:
+    """Each ``model:batch`` of ``--rows`` trained ``--trials`` times, each a fresh process,
+    under the smallest working limit of the model's larger batch (or ``--limit`` bytes)."""
+    backend = os.environ.get("KERAS_BACKEND", "")
+    truth = {(r["model"], r["batch"], r["policy"]): r for r in load(args.truth)
+             if r.get("smallest")} if args.truth else {}
+    todo = []
+    for item in args.rows.split(","):
+        name, _, size = item.partition(":")
+        if name not in MODELS or not size.isdigit():
+            raise SystemExit(f"--rows: {item!r} is not model:batch (models: {MODELS})")
+        row = truth.get((name, max(BATCHES[name]), "float32"))
+        limit = args.limit or (row or {}).get("smallest")
+        if not limit:
+            raise SystemExit(f"--rows: no limit for {name}: give --truth or --limit")
+        todo += [(name, int(size), "float32", limit)] * args.trials
+    trials = Trials(args.jobs)
+    with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
+        futures = [pool.submit(trials.run, n, b, p, lim, REPEAT) for n, b, p, lim in todo]
+        for (name, size, policy, limit), done in zip(todo, futures):
+            row = dict(model=name, batch=size, policy=policy, backend=backend,
+                       kind="repeat", **{k: v for k, v in done.result().items()
+                                         if k != "batch"})
+            with open(args.json + "l", "a") as handle:
+                handle.write(json.dumps(row) + "\n")
+    rows = load(args.json + "l")
+    for key in sorted({(r["model"], r["batch"], r["limit"]) for r in rows}):
+        mine = [r for r in rows if (r["model"], r["batch"], r["limit"]) == key]
+        peaks = sorted(r["allocated"] for r in mine if r.get("allocated"))
+        print(f"{key[0]} batch {key[1]} under {_mib(key[2])} MiB: trained "
+              f"{sum(1 for r in mine if r.get('trains'))} of {len(mine)}"
+              + (f"; allocated peak {_mib(peaks[0])}-{_mib(peaks[-1])} MiB" if peaks else "")
+              + "".join(f"; error: {r['error'][-200:]}" for r in mine if r.get("error"))[:400])
 
 
 def load(paths) -> list:
@@ -430,10 +490,20 @@ def main() -> None:
     two.add_argument("--models", default="")
     two.add_argument("--kinds", default="finder,safety",
                      help="which checks to run: finder, safety or both (comma-separated)")
+    two.add_argument("--fragmentation", type=float, default=None,
+                     help="the finder's fragmentation margin to try instead of kmem's "
+                          "(a share of a step's own allocations)")
+    four = sub.add_parser("repeat")
+    four.add_argument("--rows", required=True, help="model:batch,... (e.g. mlp:1,mlp:2048)")
+    four.add_argument("--truth", default="")
+    four.add_argument("--limit", type=int, default=0, help="bytes (default: the truth's)")
+    four.add_argument("--trials", type=int, default=6)
+    four.add_argument("--jobs", type=int, default=12)
+    four.add_argument("--json", required=True)
     three = sub.add_parser("report")
     three.add_argument("files", nargs="+")
     args = parser.parse_args()
-    {"truth": truth, "check": check, "report": report}[args.mode](args)
+    {"truth": truth, "check": check, "repeat": repeat, "report": report}[args.mode](args)
 
 
 if __name__ == "__main__":
