@@ -168,8 +168,9 @@ class Junk:
 
 def test_the_fit_after_the_search_gets_the_room_its_probes_had(monkeypatch, device, data):
     # Cyclic garbage holds memory until the collector runs, which no allocator asks for: on
-    # the H200 the search once left 131 MiB of it and the fit after, at the batch a probe had
-    # trained, ran out. With the collector off, nothing else collects it here.
+    # the H200 a search left 125 MiB more in use than one fit does, and the fit after it, at
+    # the batch a probe had trained at, ran out. With the collector off, nothing else
+    # collects it here.
     x, y = data
     cycles = Cycles()
     net = keras.Sequential([keras.Input((32,)), cycles, Allocates(device),

@@ -225,9 +225,14 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 # _FRAGMENTATION of the step's own allocations is within the limit. Gradients and optimizer
 # temporaries fragment too: with the margin on the batch's allocations only, the zoo's MLP
 # (Adam's temporaries are 4x its weights) trained at batch 893 with 2.7 % of the limit to spare
-# and ran out in the fit after. Weights allocated once do not: they are what was in use before.
-# jax's pool needs none: every found batch trained in its fit. TensorFlow's figure is torch's,
-# not measured on a GPU. (docs/benchmarks.md, "Which limit, which batch trains".)
+# and ran out in the fit after (in fresh processes under that limit 893 fails 8 of 8 times, as
+# do 896-1792, while 1024 and 2048 train 4 of 4: near a limit, training is not monotone in the
+# batch). Weights allocated once do not fragment: they are what was in use before.
+# With the probes' garbage collected (see _Search.probe) the margin still matters: at 5 % and at
+# 3 % the LSTM found 538 and 543, above its true largest batch; its probes trained and the fits
+# after them ran out. jax's pool needs none: every found batch trained in its fit.
+# TensorFlow's figure is torch's, not measured on a GPU. (docs/benchmarks.md, "Which limit,
+# which batch trains".)
 _FRAGMENTATION = {"torch": 0.09, "tensorflow": 0.09, "jax": 0.0}
 
 
@@ -482,9 +487,10 @@ class _Search:
         filtering = self.keras.config.is_traceback_filtering_enabled()
         self.keras.config.disable_traceback_filtering()
         # a fit leaves reference cycles that hold its step's tensors until the cyclic garbage
-        # collector runs (Keras' torch tree helpers: on the H200 up to 810 MiB after a search,
-        # and a transformer's fit after one ran out of memory at the batch its probe trained
-        # at): each probe starts, as the fit after the search does, with them collected
+        # collector runs (Keras' torch tree helpers, keras-team/keras#23110: on the H200 a
+        # search left up to 772 MiB more in use than a plain fit, and a transformer's fit after
+        # one ran out at the batch its probe had trained at): each probe starts, as the fit
+        # after the search does, with them collected
         gc.collect()
         try:
             measured = step_peak(self.model, batch_x, batch_y, steps=PROBE_STEPS)
