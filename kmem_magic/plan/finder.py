@@ -19,7 +19,8 @@ batch until one runs out of memory, then halves the gap. The answer is a batch t
 trained, or (under a hard limit) one below a batch that trained too near the limit, read from
 the line through the two probes around it. A probe that runs out of memory is caught and its
 memory given back; the model's weights, optimizer state and metrics are restored afterwards:
-probing never trains the model.
+probing never trains the model. Each probe, and the fit after the search, starts with the
+garbage of the fits before it collected (reference cycles that hold a step's tensors).
 """
 
 from __future__ import annotations
