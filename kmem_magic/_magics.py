@@ -26,7 +26,7 @@ from IPython.core.magic import Magics, cell_magic, line_magic, magics_class, no_
 from traitlets import Float, Int, TraitError, Unicode, default, observe, validate
 
 from . import _cell, _nvml, ledger
-from ._interrupts import held
+from ._interrupts import Interrupts, held
 from .policy import Configurator, Policy
 from .sizes import parse_limit
 
@@ -385,41 +385,47 @@ class GpuMem(Magics):
         number = _cell.cell_number(self.shell)
         # kmem's own work before and after the body is never cut short by an interrupt: one
         # that arrives before stops the cell before its body runs, one after is reported and
-        # the body's result kept.
-        with held() as early:
-            measurement = self._start(policy, interval, number, cell)
-            panel = self._panel(policy, number, interval, args, measurement)
-            self._watch(measurement, panel)
+        # the body's result kept. Every step of it is inside a held block, and the try opens
+        # before the first, so that no interrupt between two of them skips the cell's finish.
+        measurement: Optional[Measurement] = None
+        panel: Optional[Panel] = None
         error: Optional[BaseException] = None
         value = None
+        late = Interrupts()  # while kmem finishes: said in the report
         try:
+            with held() as early:
+                measurement = self._start(policy, interval, number, cell)
+                panel = self._panel(policy, number, interval, args, measurement)
+                self._watch(measurement, panel)
             if early.count:
                 raise KeyboardInterrupt("interrupted before the cell ran")
             value = _cell.run(code, self.shell.user_ns)
             return value
         except BaseException as raised:
             error = raised
-            _cell.traceback_from_body(self.shell, code)
+            with held(late):
+                _cell.traceback_from_body(self.shell, code)
             raise
         finally:
-            oom = error is not None and _is_oom(error)
-            with held() as late:
+            with held(late):
+                oom = error is not None and _is_oom(error)
                 record = self._finish(measurement, error, panel)
                 if oom and record is not None:
                     record = self._examine(record, error, code)
-            # --compare runs the cell's training again: Ctrl-C must reach it
-            extra = self._compare(code, args) if record is not None and args.compare and \
-                error is None else []
-            if oom:
-                # Out of memory: the failed frames' locals (batches, activations) would keep the
-                # memory alive through sys.last_traceback. They are released once IPython has
-                # shown the traceback, and the report (below it) says what came back.
-                _cell.release_after_traceback(self.shell, error, then=functools.partial(
-                    self._conclude_released, record, extra, args, panel, late.count))
-            else:
-                with held() as later:
+                extra: List[Suggestion] = []
+                if record is not None and args.compare and error is None:
+                    with late.let_through():  # --compare trains again: Ctrl-C must reach it
+                        extra = self._compare(code, args)
+                if oom:
+                    # Out of memory: the failed frames' locals (batches, activations) would keep
+                    # the memory alive through sys.last_traceback. They are released once
+                    # IPython has shown the traceback, and the report (below it) says what came
+                    # back.
+                    _cell.release_after_traceback(self.shell, error, then=functools.partial(
+                        self._conclude_released, record, extra, args, panel, late))
+                else:
                     self._conclude(record, extra, value, args, panel)
-                _say_interrupted(panel, late.count + later.count, error)
+                    _say_interrupted(panel, late.count, error)
 
     def _examine(self, record: CellRecord, error: BaseException,
                  code: _cell.Code) -> CellRecord:
@@ -449,12 +455,13 @@ class GpuMem(Magics):
             return record
 
     def _conclude_released(self, record: Optional[CellRecord], extra: List[Suggestion], args,
-                           panel: Optional[Panel], interrupted: int) -> None:
+                           panel: Optional[Panel], interrupted: Interrupts) -> None:
         """After an out-of-memory error's frames were released: the figures read again, then
-        the report, as :meth:`_conclude` (never raises into the kernel)."""
+        the report, as :meth:`_conclude` (never raises into the kernel). ``interrupted``
+        counted the interrupts while kmem finished the cell, and counts on."""
         from .advise.postmortem import released
 
-        with held() as later:
+        with held(interrupted):
             if record is not None:
                 try:
                     record = released(record)
@@ -462,7 +469,7 @@ class GpuMem(Magics):
                     print(f"kmem_magic: could not read memory after releasing the failed "
                           f"frames ({failure!r})")
             self._conclude(record, extra, None, args, panel)
-        _say_interrupted(panel, interrupted + later.count, True)
+            _say_interrupted(panel, interrupted.count, True)
 
     def _start(self, policy: Policy, interval: float, number: Optional[int],
                cell: str) -> Optional[Measurement]:

@@ -7,6 +7,7 @@ exactly while kmem is at the cell's edge (what a kernel's interrupt button sends
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -118,6 +119,69 @@ def test_an_interrupt_in_kmems_finish_keeps_the_result(ip, fake_nvml, capsys):
     # deadline: then they are unknown and said so (seen once in CI beside other test runs)
     assert record.gpu[0].after.get("device") == 0 or any(
         "readings after the cell took longer" in f for f in record.faults)
+
+
+def _interrupt_on_entering(module, name):
+    """Deliver a real SIGINT (what a kernel's interrupt button sends) the moment ``name`` of
+    ``module`` is entered, once: Ctrl-C landing exactly there. Undone by sys.setprofile(None)."""
+    fired = []
+
+    def profile(frame, event, arg):
+        if event == "call" and not fired and frame.f_code.co_name == name and \
+                frame.f_globals.get("__name__") == module:
+            fired.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    sys.setprofile(profile)
+    return fired
+
+
+# every step of kmem's finish of a failed cell, including the ones between its held blocks
+# (before session 12 an interrupt at _is_oom or release_after_traceback replaced the cell's own
+# error with KeyboardInterrupt, and the failed frames were never released)
+@pytest.mark.tensorflow
+@pytest.mark.parametrize("module, name", [("kmem_magic._magics", "_is_oom"),
+                                          ("kmem_magic._magics", "_finish"),
+                                          ("kmem_magic._cell", "release_after_traceback")])
+def test_an_interrupt_in_kmems_finish_of_an_oom_cell_keeps_its_error_and_the_rescue(
+        ip, capsys, module, name):
+    tf = pytest.importorskip("tensorflow")
+    ip.user_ns["tf"] = tf
+    run(ip, "import weakref, numpy as np\nkept = []")
+    fired = _interrupt_on_entering(module, name)
+    try:
+        result = run(ip, "%%gpumem --quiet\ndef step(batch):\n    acts = np.ones(2**20)\n"
+                         "    kept.append(weakref.ref(acts))\n    raise tf.errors."
+                         "ResourceExhaustedError(None, None, 'OOM when allocating')\nstep(7)")
+    finally:
+        sys.setprofile(None)
+    assert fired, f"{name} ran"
+    assert isinstance(result.error_in_exec, tf.errors.ResourceExhaustedError), \
+        "the cell's own error stands, not a KeyboardInterrupt"
+    assert "An interrupt arrived while kmem was finishing" in capsys.readouterr().out
+    assert kmem_magic.history(ip)[-1].error_kind == "oom", "the cell is in the history"
+    assert ip.user_ns["kept"][0]() is None, "the failed frames were released all the same"
+
+
+@pytest.mark.tensorflow
+def test_ctrl_c_still_reaches_the_training_that_compare_runs(ip, capsys):
+    # --compare trains clones of the user's models inside kmem's finish: an interrupt there
+    # stops that training (not held back), and the cell's own result and report stand
+    pytest.importorskip("tensorflow")
+    fired = _interrupt_on_entering("kmem_magic.advise.compare", "compare")
+    try:
+        result = run(ip, "%%gpumem --compare mixed_float16 --quiet\nimport keras\n"
+                         "import numpy as np\nm = keras.Sequential([keras.Input((8,)), "
+                         "keras.layers.Dense(4)])\nm.compile('adam', 'mse')\n"
+                         "m.fit(np.zeros((64, 8)), np.zeros((64, 4)), verbose=0)\n7")
+    finally:
+        sys.setprofile(None)
+    assert fired
+    assert result.success and result.result == 7
+    out = capsys.readouterr().out
+    assert "--compare interrupted; the cell's own report follows" in out
+    assert "An interrupt arrived while kmem" not in out, "it reached the training, not kmem"
+    assert kmem_magic.history(ip)[-1].error is None
 
 
 def test_nvml_init_raising_a_foreign_error_leaves_load_and_status_working(ip, fake_nvml,
