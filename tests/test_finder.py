@@ -267,6 +267,66 @@ def test_a_keras_backend_without_a_gpu_allocator_gets_keras_own_error(fresh):
     assert result["error"].startswith("NotImplementedError") and "NumPy" in result["error"]
 
 
+@pytest.mark.parametrize("room", [1.5, 2.5])
+def test_on_jax_under_a_hard_limit_the_step_that_trained_is_the_proof(fresh, room):
+    # jax's counters are faked at their boundary (a GPU whose memory_stats() say 1 MiB in use
+    # of a 256 MiB limit), and so is its refusal: XLA fits a step into the limit by
+    # recomputing, up to ``room`` x the limit by its own plan (2-3x on the H200), and a larger
+    # batch runs out of memory, raised as XLA says it. The plans are XLA's real ones.
+    result = fresh("""
+        import numpy as np, keras, kmem_magic
+        from kmem_magic import backends
+        MiB = 2**20
+        jax_backend = backends.by_name("jax")
+
+        class Gpu:
+            id = local_hardware_id = 0
+            platform = "gpu"
+            def memory_stats(self):
+                return {"bytes_in_use": MiB, "peak_bytes_in_use": 2 * MiB,
+                        "bytes_limit": 256 * MiB}
+
+        cap = [None]
+        class Refuses(keras.layers.Layer):
+            def call(self, x, training=False):
+                if training and cap[0] and x.shape[0] > cap[0]:
+                    raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to "
+                                       f"allocate the step at batch {x.shape[0]}")
+                return x
+
+        model = keras.Sequential([keras.Input((256,)), Refuses(),
+                                  keras.layers.Dense(1024, activation="relu"),
+                                  keras.layers.Dense(1024, activation="relu"),
+                                  keras.layers.Dense(4)])
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x = np.random.rand(100_000, 256).astype("float32")
+        y = np.random.randint(0, 4, 100_000)
+        model.fit(x[:8], y[:8], batch_size=8, verbose=0)
+        plan = lambda n: MiB + jax_backend.step_bytes(model, x[:n], y[:n])
+        slope = (plan(2000) - plan(1000)) / 1000
+        cap[0] = int(1000 + (ROOM * 256 * MiB - plan(1000)) / slope)
+        jax_backend._devices = [Gpu()]
+        before = [v.numpy().copy() for v in model.variables + model.optimizer.variables]
+        found = kmem_magic.find_batch_size(model, x, y)
+        after = [v.numpy() for v in model.variables + model.optimizer.variables]
+        RESULT.update(cap=cap[0], found=found.batch_size, hard=found.hard, text=str(found),
+                      probes=[(p.batch_size, p.outcome) for p in found.probes],
+                      planned=plan(found.batch_size),
+                      same=all(np.array_equal(a, b) for a, b in zip(before, after)))
+        n = found.batch_size
+        RESULT["fit"] = model.fit(x[:3 * n], y[:3 * n], batch_size=n, verbose=0).history["loss"]
+    """.replace("ROOM", str(room)), env={"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"})
+    cap, found = result["cap"], result["found"]
+    assert result["hard"] and len(result["probes"]) <= 3
+    assert cap / 2 <= found <= cap, "within the doubling's resolution, never above what trains"
+    assert any(o == "out of memory" for _, o in result["probes"]), "it searched up to a failure"
+    assert all(o.startswith("fits") for b, o in result["probes"] if b <= cap)
+    assert result["same"], "the probes trained; the model must not show it"
+    assert len(result["fit"]) == 1, "the batch found trains in a real fit"
+    if result["planned"] > 256 * 2**20:
+        assert "though XLA planned" in result["text"] and "to spare" not in result["text"]
+
+
 def test_a_restore_that_runs_out_of_memory_is_retried_and_the_model_is_as_it_was(
         monkeypatch, device, model, data):
     # Restoring a variable allocates its new value before the old one is freed; under a tight
