@@ -5,10 +5,12 @@
 
 For each model, under the smallest working limit of its larger batch: one fresh process runs
 ``find_batch_size`` and then reads what is allocated, before and after a garbage collection;
-another fits the found batch once, the cyclic garbage collector off, and reads the same: what
-a fit's reference cycles hold until the collector runs. What the search leaves beyond the plain
-fit is room the user's fit after it does not have. The allocations still live after the search
-are listed with the Python frames that made them (torch's memory history). With ``--oom``:
+another fits the found batch once, the collector on as in a user's fit, and reads the same:
+what a fit's reference cycles still hold after it, until the collector's next run (and, the
+collector off, at half the batch: what three steps' cycles hold). What the
+search leaves beyond the plain fit is room the user's fit after it does not have. The
+allocations still live after the search are listed with the Python frames that made them
+(torch's memory history). With ``--oom``:
 probes that run out of memory, one after another, and what each leaves in use.
 """
 
@@ -77,8 +79,9 @@ PLAIN = PRELUDE + r"""
 import torch
 model.optimizer.build(model.trainable_variables)
 out["in_use_before"] = torch.cuda.memory_allocated()
-gc.disable()  # what one fit leaves as garbage, before the collector's next run
-out["trains"] = fit(model, x, y)
+if {collector_off!r}:  # how much the cycles of three steps hold when nothing collects them
+    gc.disable()
+out["trains"] = fit(model, x, y)  # else the collector on, as a user's fit runs
 out["in_use_after"] = torch.cuda.memory_allocated()
 gc.collect()
 out["in_use_after_gc"] = torch.cuda.memory_allocated()
@@ -111,8 +114,12 @@ def main() -> None:
         if "found" not in search:
             return dict(model=name, limit=limit, search=search)
         with trials.slots:
-            plain = child(code_for(PLAIN, name, search["found"], "float32", limit))
-        return dict(model=name, limit=limit, search=search, plain=plain)
+            plain = child(code_for(PLAIN, name, search["found"], "float32", limit,
+                                   collector_off=False))
+        with trials.slots:  # at half the batch, so that the garbage's growth still fits
+            off = child(code_for(PLAIN, name, max(1, search["found"] // 2), "float32", limit,
+                                 collector_off=True))
+        return dict(model=name, limit=limit, search=search, plain=plain, collector_off=off)
 
     names = args.models.split(",")
     with concurrent.futures.ThreadPoolExecutor(len(names)) as pool:
@@ -135,13 +142,24 @@ def main() -> None:
                                             "")[-300:])
             continue
         extra = search["in_use_after"] - plain["in_use_after_gc"]
+        if not plain.get("trains"):
+            print(f"{row['model']}: the plain fit at {search['found']} ran out of memory "
+                  f"({plain.get('oom', '')[:120]}): not compared")
+            continue
         print(f"{row['model']}: batch {search['found']} ({len(search['probes'])} probes, "
               f"{sum(1 for _, o in search['probes'] if o == 'out of memory')} out of memory); "
               f"in use after the search {search['in_use_after'] / mib:,.1f} MiB "
               f"({(search['in_use_after'] - search['in_use_after_gc']) / mib:,.1f} of it "
               f"garbage), after a plain fit {plain['in_use_after_gc'] / mib:,.1f} MiB "
-              f"({extra / mib:+,.1f} MiB); the plain fit's garbage before the collector ran "
+              f"({extra / mib:+,.1f} MiB); the plain fit's garbage after it "
               f"{(plain['in_use_after'] - plain['in_use_after_gc']) / mib:,.1f} MiB")
+        off = row["collector_off"]
+        if off.get("trains"):
+            print(f"    the collector off, 3 steps at batch {off['batch']}: "
+                  f"{(off['in_use_after'] - off['in_use_after_gc']) / mib:,.1f} MiB garbage")
+        else:
+            print(f"    the collector off, batch {off.get('batch')}: did not train "
+                  f"({(off.get('oom') or off.get('error') or '')[:120]})")
         for size, frames in search["live"][:4]:
             print(f"    {size / mib:8.1f} MiB  " + " <- ".join(frames[:4]))
 

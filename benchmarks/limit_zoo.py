@@ -26,7 +26,7 @@ default the smallest working limit of the model's larger batch), to say how reli
 trial at the edge is:
 
     KERAS_BACKEND=torch python3 benchmarks/limit_zoo.py repeat --truth truth-torch.json \
-        --rows mlp:1,mlp:2048 --trials 6 --json repeat-torch.json                  # GPU
+        --rows mlp:1,mlp:2048 --trials 6 --json repeat-torch.json  # GPU; rows: .jsonl
 
 ``report`` prints the tables of docs/benchmarks.md from those files.
 """
@@ -291,8 +291,9 @@ print("ROW " + json.dumps(found))
 FINDER = PRELUDE + r"""
 import kmem_magic
 from kmem_magic.plan import finder
-if {fragmentation!r} is not None:  # check --fragmentation: the margin an A/B run tries
-    finder._FRAGMENTATION[keras.config.backend()] = {fragmentation!r}
+fragmentation = {fragmentation!r}  # check --fragmentation: the margin an A/B run tries
+if fragmentation is not None:
+    finder._FRAGMENTATION[keras.config.backend()] = fragmentation
 x, y = make(4 * batch)
 framework = backends.by_name(keras.config.backend())
 # what the search leaves in use is what the fit after it has less of
@@ -377,15 +378,16 @@ def repeat(args) -> None:
             raise SystemExit(f"--rows: no limit for {name}: give --truth or --limit")
         todo += [(name, int(size), "float32", limit)] * args.trials
     trials = Trials(args.jobs)
+    rows = []  # this run's: the file may hold earlier runs too
     with concurrent.futures.ThreadPoolExecutor(len(todo)) as pool:
         futures = [pool.submit(trials.run, n, b, p, lim, REPEAT) for n, b, p, lim in todo]
         for (name, size, policy, limit), done in zip(todo, futures):
             row = dict(model=name, batch=size, policy=policy, backend=backend,
                        kind="repeat", **{k: v for k, v in done.result().items()
                                          if k != "batch"})
+            rows.append(row)
             with open(args.json + "l", "a") as handle:
                 handle.write(json.dumps(row) + "\n")
-    rows = load(args.json + "l")
     for key in sorted({(r["model"], r["batch"], r["limit"]) for r in rows}):
         mine = [r for r in rows if (r["model"], r["batch"], r["limit"]) == key]
         peaks = sorted(r["allocated"] for r in mine if r.get("allocated"))
@@ -447,7 +449,9 @@ def report(args) -> None:
               f"held-out models: median {statistics.median(held):.3f} over {len(held)} rows; "
               f"checked at 1.05 x: {sum(1 for k in truth if checks.get(k, {}).get('trains'))} "
               f"of {len(checks)} trained" + (f"; failed: {unsafe}" if unsafe else ""))
-        found = [r for r in rows if r.get("backend") == backend and r.get("kind") == "finder"]
+        # an A/B run of another margin (check --fragmentation) is not kmem's finder
+        found = [r for r in rows if r.get("backend") == backend and r.get("kind") == "finder"
+                 and r.get("fragmentation") is None]
         if not found:
             continue
         print("\n| model | limit | estimate's batch | found | probe steps | true largest "

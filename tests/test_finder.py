@@ -28,15 +28,21 @@ MiB = 2**20
 
 class FakeDevice:
     """An allocator whose step peak is fixed + per_sample x batch; above capacity a step fails
-    with an out-of-memory error. Between steps nothing is in use."""
+    with an out-of-memory error. Between steps nothing is in use but what uncollected
+    reference cycles hold (``garbage``)."""
 
     def __init__(self, fixed, per_sample, capacity=None):
         self.fixed, self.per_sample, self.capacity = fixed, per_sample, capacity
         self.peak = 0
         self.steps = []
+        self.garbage = []  # (weak reference to a reference cycle, the bytes it holds)
+
+    def held(self):
+        """What uncollected reference cycles hold on the device."""
+        return sum(size for ref, size in self.garbage if ref() is not None)
 
     def allocate(self, batch_size):
-        need = self.fixed + self.per_sample * batch_size
+        need = self.held() + self.fixed + self.per_sample * batch_size
         if self.capacity is not None and need > self.capacity:
             raise tf.errors.ResourceExhaustedError(None, None,
                                                    "OOM when allocating tensor with shape")
@@ -48,7 +54,7 @@ class FakeDevice:
         counters = tf.config.experimental
         monkeypatch.setattr(backends.by_name("tensorflow"), "_gpu_names", ["GPU:0"])
         monkeypatch.setattr(counters, "get_memory_info",
-                            lambda name: {"current": 0, "peak": int(self.peak)})
+                            lambda name: {"current": int(self.held()), "peak": int(self.peak)})
         monkeypatch.setattr(counters, "reset_memory_stats", lambda name: setattr(self, "peak", 0))
         return self
 
@@ -145,20 +151,18 @@ def test_an_out_of_memory_probe_is_survived_and_the_search_backs_off(
 
 class Cycles(keras.layers.Layer):
     """Passes its input through; each training step leaves a reference cycle holding its
-    batch, as Keras' torch tree helpers leave cycles holding a step's activations."""
+    activations (the fake device's bytes of its batch), as Keras' torch tree helpers leave
+    cycles holding a step's tensors."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, device, **kwargs):
         super().__init__(**kwargs)
-        self.left = []  # (batch size, weak reference to the cycle)
-        self.seen = []  # per step: batch sizes of earlier steps whose garbage was still there
+        self.device = device
 
     def call(self, x, training=False):
         if training:
-            size = int(x.shape[0])
-            self.seen.append({b for b, ref in self.left if ref() is not None and b != size})
             junk = Junk()
-            junk.me, junk.batch = junk, x
-            self.left.append((size, weakref.ref(junk)))
+            junk.me = junk
+            self.device.garbage.append((weakref.ref(junk), self.device.per_sample * x.shape[0]))
         return x
 
 
@@ -172,23 +176,28 @@ def test_the_fit_after_the_search_gets_the_room_its_probes_had(monkeypatch, devi
     # the batch a probe had trained at, ran out. With the collector off, nothing else
     # collects it here.
     x, y = data
-    cycles = Cycles()
-    net = keras.Sequential([keras.Input((32,)), cycles, Allocates(device),
+    net = keras.Sequential([keras.Input((32,)), Cycles(device), Allocates(device),
                             keras.layers.Dense(64, activation="relu"), keras.layers.Dense(4)])
     net.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                 run_eagerly=True)
     # two probes over the budget (they ran, and left their garbage), then one that fits
     fake(device, monkeypatch, fixed=300 * MiB, per_sample=0.5 * MiB)
     gc.collect()
+    collecting = gc.isenabled()
     gc.disable()
     try:
         found = kmem_magic.find_batch_size(net, x, y, budget=1000 * MiB)
-        left = [b for b, ref in cycles.left if ref() is not None]
+        left = device.held()
     finally:
-        gc.enable()
+        if collecting:
+            gc.enable()
     assert len({p.batch_size for p in found.probes}) >= 2 and found.batch_size > 0
-    assert left == [], "the fit after the search starts with the probes' garbage collected"
-    assert not any(cycles.seen), "and each probe with the earlier probes' garbage collected"
+    assert left == 0, "the fit after the search has the device to itself"
+    # each probe's peak is its own: its step beside the cycles its three steps left (nothing
+    # collects them here), not beside the earlier probes'; so the answer is the law's
+    assert all(p.peak_bytes == 300 * MiB + 4 * 0.5 * MiB * p.batch_size for p in found.probes)
+    assert found.batch_size == int((peak_under(1000 * MiB, "tensorflow") - 300 * MiB)
+                                   / (4 * 0.5 * MiB))
 
 
 def test_the_data_limits_the_batch_when_memory_does_not(monkeypatch, device, model, data):

@@ -226,9 +226,10 @@ def _restore(saved: List[Tuple[Any, Any]]) -> None:
 # _FRAGMENTATION of the step's own allocations is within the limit. Gradients and optimizer
 # temporaries fragment too: with the margin on the batch's allocations only, the zoo's MLP
 # (Adam's temporaries are 4x its weights) trained at batch 893 with 2.7 % of the limit to spare
-# and ran out in the fit after (in fresh processes under that limit 893 fails 8 of 8 times, as
-# do 896-1792, while 1024 and 2048 train 4 of 4: near a limit, training is not monotone in the
-# batch). Weights allocated once do not fragment: they are what was in use before.
+# and ran out in the fit after (in fresh processes under that limit 893 fails 12 of 12 times, as
+# do 7 other batches from 896 to 1792, while 1024 trains 4 of 4 and 2048 8 of 8: near a limit,
+# training is not monotone in the batch). Weights allocated once do not fragment: they are
+# what was in use before.
 # With the probes' garbage collected (see _Search.probe) the margin still matters: at 5 % and at
 # 3 % the LSTM found 538 and 543, above its true largest batch; its probes trained and the fits
 # after them ran out. jax's pool needs none: every found batch trained in its fit.
@@ -316,11 +317,13 @@ def find_batch_size(model: Any, x: Any, y: Any = None, budget: Any = None,
     try:
         search.run(max(1, predicted), max_probes)
     finally:
-        _restore(saved)
-        model.reset_metrics()
-        # the fit that follows gets the room the probes had: a probe's garbage is collected
-        # and its cached blocks given back (see _Search.probe)
-        recover()
+        try:
+            _restore(saved)
+            model.reset_metrics()
+        finally:
+            # the fit that follows gets the room the probes had: a probe's garbage is
+            # collected and its cached blocks given back (see _Search.probe)
+            recover()
     low, probes = search.low, search.probes
     below = search.below_trained()
     if below is not None:
@@ -485,14 +488,14 @@ class _Search:
         # Keras' traceback filter drops its own frames from the error, but the frames it
         # keeps still link to them (f_back): a failed step's activations would stay alive
         # beside the next probe (torch: 0.5-2 GiB on the H200) unless every frame is cleared
-        filtering = self.keras.config.is_traceback_filtering_enabled()
-        self.keras.config.disable_traceback_filtering()
         # a fit leaves reference cycles that hold its step's tensors until the cyclic garbage
         # collector runs (Keras' torch tree helpers, keras-team/keras#23110: on the H200 a
-        # search left up to 772 MiB more in use than a plain fit, and a transformer's fit after
-        # one ran out at the batch its probe had trained at): each probe starts, as the fit
-        # after the search does, with them collected
+        # search left up to 772 MiB (resnet) more in use than a plain fit, and a transformer's
+        # fit after one ran out at the batch its probe had trained at): each probe starts, as
+        # the fit after the search does, with them collected
         gc.collect()
+        filtering = self.keras.config.is_traceback_filtering_enabled()
+        self.keras.config.disable_traceback_filtering()
         try:
             measured = step_peak(self.model, batch_x, batch_y, steps=PROBE_STEPS)
         except Exception as error:
