@@ -18,8 +18,6 @@ import tokenize
 import traceback
 from typing import Any, Callable, Dict, NamedTuple, Optional
 
-from ._interrupts import Interrupts, held
-
 
 class TopLevelAwait(ValueError):
     """The cell awaits at top level, which ``%%gpumem`` cannot run (yet)."""
@@ -86,22 +84,20 @@ def compile_cell(shell: Any, line: str, cell: str) -> Code:
 
 
 def release_after_traceback(shell: Any, error: BaseException,
-                            then: Optional[Callable[[], None]] = None,
-                            interrupts: Optional[Interrupts] = None) -> None:
+                            then: Optional[Callable[[], None]] = None) -> None:
     """Clear the locals of the frames ``error`` went through (the user's, not kmem's) once
     IPython has shown its traceback, then call ``then``: the traceback reads as the bare
     cell's, and the tensors a failed cell's frames held (an out-of-memory error's batch,
     activations) are released before the next cell, which ``sys.last_traceback`` would
-    otherwise keep alive. Interrupts meanwhile are held, counted into ``interrupts``."""
+    otherwise keep alive."""
     def release(*_args) -> None:
-        with held(interrupts):
-            shell.events.unregister("post_run_cell", release)
-            try:
-                for tb in _tracebacks(error):
-                    _clear_frames(tb)
-            finally:
-                if then is not None:
-                    then()
+        shell.events.unregister("post_run_cell", release)
+        try:
+            for tb in _tracebacks(error):
+                _clear_frames(tb)
+        finally:
+            if then is not None:
+                then()
 
     shell.events.register("post_run_cell", release)
 

@@ -403,13 +403,11 @@ class GpuMem(Magics):
             return value
         except BaseException as raised:
             error = raised
+            with held(late):
+                _cell.traceback_from_body(self.shell, code)
             raise
         finally:
-            # one held block from here to the end: an interrupt between two blocks would be
-            # raised before the finish and cost the cell its own error and its report
             with held(late):
-                if error is not None:
-                    _cell.traceback_from_body(self.shell, code)
                 oom = error is not None and _is_oom(error)
                 record = self._finish(measurement, error, panel)
                 if oom and record is not None:
@@ -423,9 +421,8 @@ class GpuMem(Magics):
                     # the memory alive through sys.last_traceback. They are released once
                     # IPython has shown the traceback, and the report (below it) says what came
                     # back.
-                    _cell.release_after_traceback(
-                        self.shell, error, interrupts=late, then=functools.partial(
-                            self._conclude_released, record, extra, args, panel, late))
+                    _cell.release_after_traceback(self.shell, error, then=functools.partial(
+                        self._conclude_released, record, extra, args, panel, late))
                 else:
                     self._conclude(record, extra, value, args, panel)
                     _say_interrupted(panel, late.count, error)

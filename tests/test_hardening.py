@@ -136,15 +136,13 @@ def _interrupt_on_entering(module, name):
     return fired
 
 
-# every step of kmem's finish of a failed cell, and the release after IPython showed its
-# traceback (before session 12 an interrupt at _is_oom or release_after_traceback replaced the
-# cell's own error with KeyboardInterrupt, and the failed frames were never released)
+# every step of kmem's finish of a failed cell, including the ones between its held blocks
+# (before session 12 an interrupt at _is_oom or release_after_traceback replaced the cell's own
+# error with KeyboardInterrupt, and the failed frames were never released)
 @pytest.mark.tensorflow
-@pytest.mark.parametrize("module, name", [("kmem_magic._cell", "traceback_from_body"),
-                                          ("kmem_magic._magics", "_is_oom"),
+@pytest.mark.parametrize("module, name", [("kmem_magic._magics", "_is_oom"),
                                           ("kmem_magic._magics", "_finish"),
-                                          ("kmem_magic._cell", "release_after_traceback"),
-                                          ("kmem_magic._cell", "_tracebacks")])
+                                          ("kmem_magic._cell", "release_after_traceback")])
 def test_an_interrupt_in_kmems_finish_of_an_oom_cell_keeps_its_error_and_the_rescue(
         ip, capsys, module, name):
     tf = pytest.importorskip("tensorflow")
