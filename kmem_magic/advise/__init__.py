@@ -2,18 +2,14 @@
 (:mod:`.holders`) and the measured comparison of two dtype policies (:mod:`.compare`).
 
 :func:`suggest` is what a cell's measurement calls: it gathers what the rules may know from
-the user's namespace (lazily: the holders scan runs only when a rule asks) and runs them. One
-thing a rule may ask changes the process: what reference cycles hold is read by collecting
-them (``gc.collect()``, once, only when a cell left memory that no object of the user's holds).
+the user's namespace (lazily: the holders scan runs only when a rule asks) and runs them.
 """
 
 from __future__ import annotations
 
-import gc
 import sys
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
-from .. import backends
 from ..record import HOLDERS_FAULT, CellRecord, Holder, Suggestion
 from ..sizes import MiB
 from .holders import keras_dtype_policy, keras_state, scan
@@ -42,8 +38,7 @@ def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str,
         shown[f"Out[{record.execution_count}]"] = value
     context = Context(
         live_objects=lambda: scan({**shown, **namespace}, getattr(sys, "last_traceback", None)),
-        dtype_policy=keras_dtype_policy(), keras_state=lambda: keras_state(namespace),
-        collect_garbage=_collect_garbage)
+        dtype_policy=keras_dtype_policy(), keras_state=lambda: keras_state(namespace))
     suggestions = tuple(advise(record, history, context))
     try:
         holders = _holders(record, context)
@@ -51,21 +46,6 @@ def read(record: CellRecord, history: Sequence[CellRecord], namespace: Dict[str,
         holders = ()
         context.faults.append(f"{HOLDERS_FAULT}{error!r}")
     return suggestions, holders, tuple(context.faults)
-
-
-def _collect_garbage() -> Optional[int]:
-    """Run ``gc.collect()`` once; the bytes the started frameworks' allocators hold less after
-    it (None where none is read)."""
-    def held() -> Optional[int]:
-        counts = [n for framework in backends.started() for n in framework.in_use().values()]
-        return sum(counts) if counts else None
-
-    before = held()
-    if before is None:
-        return None
-    gc.collect()
-    after = held()
-    return None if after is None else max(0, before - after)
 
 
 def _holders(record: CellRecord, context: Context) -> Tuple[Holder, ...]:
@@ -78,8 +58,7 @@ def _holders(record: CellRecord, context: Context) -> Tuple[Holder, ...]:
     rest = left[0] - sum(h.bytes for h in holders)
     if rest >= MiB:  # never hidden: what no object of the user's accounts for
         holders += (Holder("unaccounted", "no object kmem can see: the framework's pool "
-                           "and caches, Keras' global state, or reference cycles until "
-                           "Python's collector runs", rest),)
+                           "and caches, or Keras' global state", rest),)
     return holders
 
 

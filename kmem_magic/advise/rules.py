@@ -33,14 +33,11 @@ class Context:
     keras_weights_bytes: int = 0
     keras_optimizer_bytes: int = 0
     keras_state: Optional[Callable[[], Tuple[int, int]]] = field(default=None, repr=False)
-    # bytes the allocators hold less after one gc.collect() (None: not read); see collected()
-    collect_garbage: Callable[[], Optional[int]] = field(default=lambda: None, repr=False)
     # what failed on this record, a line each: a rule ("rule near_limit: ValueError(...)"),
     # the holders scan ("holders: RecursionError(...)")
     faults: List[str] = field(default_factory=list)
     _live: Optional[List[LiveObject]] = field(default=None, repr=False)
     _live_error: Optional[BaseException] = field(default=None, repr=False)
-    _collected: Optional[Tuple[Optional[int]]] = field(default=None, repr=False)
 
     @property
     def live(self) -> List[LiveObject]:
@@ -55,13 +52,6 @@ class Context:
                 self._live_error = error
                 raise
         return self._live
-
-    def collected(self) -> Optional[int]:
-        """What reference cycles held in the allocators: the bytes one ``gc.collect()`` gave
-        back, collected once, when a rule first asks (None where no allocator is read)."""
-        if self._collected is None:
-            self._collected = (self.collect_garbage(),)
-        return self._collected[0]
 
     def keras(self) -> Tuple[int, int]:
         """Bytes of the Keras models' weights and of their optimizer state."""
@@ -170,18 +160,6 @@ def left_behind(record: CellRecord, history: Sequence[CellRecord], ctx: Context)
         return None  # what stayed is what the user's variables hold, on purpose
     shown = ", ".join(f"{h.name} ({h.kind}, {format_bytes(h.bytes)})" for h in holders[:5])
     evidence = f"{format_bytes(delta)} more in {where} after the cell than before."
-    freed = ctx.collected() if not forgotten and where == "the framework allocators" else None
-    if freed is not None and freed >= 0.5 * delta:
-        # Keras' torch backend leaves a step's tensors in reference cycles (on an H200 1.5 GiB
-        # after a residual net's fit), which no allocator asks Python's collector to free
-        return Suggestion(
-            "left-behind", f"Reference cycles held {format_bytes(freed)} of what the cell "
-            "left behind", evidence + f" One gc.collect(), which kmem ran, gave "
-            f"{format_bytes(freed)} back to the allocators: no object of yours held it, "
-            "garbage did until Python's collector ran (Keras' torch backend leaves a step's "
-            "tensors in reference cycles, keras-team/keras#23110).",
-            "import gc\ngc.collect()  # kmem ran it once; run it before a step that "
-            "needs the room")
     if not holders:
         return Suggestion(
             "left-behind", f"The cell left {format_bytes(delta)} behind, held by none of your "
@@ -222,8 +200,6 @@ def regrowth(record: CellRecord, history: Sequence[CellRecord], ctx: Context):
     rising = len(streak) == 3 and all(s >= 32 * MiB for s in streak)
     if not (rerun or rising):
         return None
-    if left[1] == "the framework allocators" and (ctx.collected() or 0) >= 0.5 * left[0]:
-        return None  # garbage, collected now (left_behind says so), not a growing holder
     runs = len(same) + 1 if rerun else 4
     what = "this cell" if rerun else "the last 4 cells"
     growth = left[0] * runs  # what the runs left, added up
