@@ -485,15 +485,15 @@ class _Search:
         samples = PROBE_STEPS * size
         batch_x = _take(self.keras, self.x, samples, self.count)
         batch_y = None if self.y is None else _take(self.keras, self.y, samples, self.count)
-        # Keras' traceback filter drops its own frames from the error, but the frames it
-        # keeps still link to them (f_back): a failed step's activations would stay alive
-        # beside the next probe (torch: 0.5-2 GiB on the H200) unless every frame is cleared
-        # a fit leaves reference cycles that hold its step's tensors until the cyclic garbage
+        # A fit leaves reference cycles that hold its step's tensors until the cyclic garbage
         # collector runs (Keras' torch tree helpers, keras-team/keras#23110: on the H200 a
         # search left up to 772 MiB (resnet) more in use than a plain fit, and a transformer's
         # fit after one ran out at the batch its probe had trained at): each probe starts, as
-        # the fit after the search does, with them collected
+        # the fit after the search does, with them collected.
         gc.collect()
+        # Keras' traceback filter drops its own frames from the error, but the frames it
+        # keeps still link to them (f_back): a failed step's activations would stay alive
+        # beside the next probe (torch: 0.5-2 GiB on the H200) unless every frame is cleared
         filtering = self.keras.config.is_traceback_filtering_enabled()
         self.keras.config.disable_traceback_filtering()
         try:
